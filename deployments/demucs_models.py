@@ -1,0 +1,51 @@
+"""Writing Demucs models in Demucs' own file format, for offline demos and tests."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TEST_MODEL = "htdemucs_test"
+SOURCES = ["drums", "bass", "other", "vocals"]
+
+
+def write_random_htdemucs(folder: Path, name: str = DEFAULT_TEST_MODEL, seed: int = 0) -> Path:
+    """Save a small, real HTDemucs with random weights as `<folder>/<name>.th`.
+
+    It separates nothing useful, but it loads through `demucs.pretrained.get_model(name, repo=folder)`
+    and runs the same code path as the trained models, quickly, on a CPU.
+    """
+    from demucs.htdemucs import HTDemucs
+    from demucs.states import get_state
+
+    torch.manual_seed(seed)
+    model = HTDemucs(
+        sources=SOURCES,
+        audio_channels=2,
+        samplerate=44100,
+        segment=4,
+        channels=4,
+        growth=2,
+        depth=4,
+        t_layers=1,
+        t_heads=2,
+        bottom_channels=0,
+        dconv_mode=0,
+    )
+    args, kwargs = model._init_args_kwargs  # recorded by demucs' @capture_init
+    package = {
+        "klass": HTDemucs,
+        "args": args,
+        "kwargs": kwargs,
+        "state": get_state(model, None, half=False),
+        "training_args": {},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.th"
+    torch.save(package, path)
+    logger.info("wrote random HTDemucs %s (%d parameters)", path, sum(p.numel() for p in model.parameters()))
+    return path

@@ -1,0 +1,58 @@
+"""basic-pitch transcription as a plain class: load the model once, turn a stem into notes."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from serve_app.domain.midi import Note, notes_from_basic_pitch
+from serve_app.domain.options import NoteParameters
+
+logger = logging.getLogger(__name__)
+
+
+def bundled_onnx_model() -> Path:
+    """The ICASSP 2022 model that ships inside the basic-pitch wheel."""
+    from basic_pitch import FilenameSuffix, build_icassp_2022_model_path
+
+    return build_icassp_2022_model_path(FilenameSuffix.onnx)
+
+
+class TranscriptionConfig(BaseModel):
+    """The transcription deployment's `user_config`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    model_path: Path | None = Field(default=None, description="basic-pitch model file; None = bundled ONNX")
+    melodia_trick: bool = True
+
+
+class BasicPitchTranscriber:
+    def __init__(self, config: TranscriptionConfig) -> None:
+        from basic_pitch.inference import Model
+
+        self.config = config
+        self.model_path = config.model_path or bundled_onnx_model()
+        self.model = Model(self.model_path)
+        logger.info("basic-pitch model loaded from %s", self.model_path)
+
+    def transcribe(self, wav_path: Path, parameters: NoteParameters) -> list[Note]:
+        from basic_pitch.inference import predict
+
+        # basic-pitch prints a line per file; keep stdout for the service's own logs.
+        with contextlib.redirect_stdout(io.StringIO()):
+            _, _, events = predict(
+                wav_path,
+                self.model,
+                onset_threshold=parameters.onset_threshold,
+                frame_threshold=parameters.frame_threshold,
+                minimum_note_length=parameters.minimum_note_length_ms,
+                minimum_frequency=parameters.minimum_frequency,
+                maximum_frequency=parameters.maximum_frequency,
+                melodia_trick=self.config.melodia_trick,
+            )
+        return notes_from_basic_pitch(events)

@@ -1,0 +1,63 @@
+"""The transcription deployment: one stem's WAV in storage to its notes and MIDI in storage."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from deployments.transcriber import BasicPitchTranscriber, TranscriptionConfig
+from serve_app.domain.errors import ModelUnavailable
+from serve_app.domain.midi import build_midi, midi_bytes
+from serve_app.domain.options import NoteParameters, preset_for
+from serve_app.domain.storage import JobKeys, StorageBackend, storage_from_settings
+from serve_app.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class Transcription:
+    def __init__(
+        self, settings: Settings, engine_cls: type[BasicPitchTranscriber] = BasicPitchTranscriber
+    ) -> None:
+        self.settings = settings
+        self.engine_cls = engine_cls
+        self.storage: StorageBackend = storage_from_settings(settings)
+        self.engine: BasicPitchTranscriber | None = None
+        self.error: str | None = None
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        config = TranscriptionConfig.model_validate(user_config)
+        if self.engine is not None and self.engine.config == config:
+            return
+        try:
+            self.engine = self.engine_cls(config)
+            self.error = None
+        except Exception as exc:  # keep the replica up so readiness can explain
+            self.engine = None
+            self.error = f"The basic-pitch model could not be loaded ({config.model_path or 'bundled'}): {exc}"
+            logger.error("%s", self.error)
+
+    async def status(self) -> dict[str, Any]:
+        return {
+            "model": str(self.engine.model_path) if self.engine else None,
+            "state": "ready" if self.engine else "failed",
+            "device": "cpu",
+            "error": self.error,
+        }
+
+    async def transcribe_stem(self, job_id: str, stem: str, requested: dict[str, Any]) -> int:
+        return await asyncio.to_thread(self._transcribe_stem, job_id, stem, NoteParameters(**requested))
+
+    def _transcribe_stem(self, job_id: str, stem: str, requested: NoteParameters) -> int:
+        if self.engine is None:
+            raise ModelUnavailable(self.error or "The transcription model is not loaded.")
+        keys = JobKeys(job_id)
+        parameters = requested.over(preset_for(stem).notes)
+        with self.storage.local_copy(keys.stem(stem)) as wav:
+            notes = self.engine.transcribe(wav, parameters)
+        self.storage.put_bytes(keys.stem_notes(stem), json.dumps([n.to_json(stem) for n in notes]).encode())
+        self.storage.put_bytes(keys.stem_midi(stem), midi_bytes(build_midi({stem: notes})))
+        logger.info("job %s: %d notes in stem %s", job_id, len(notes), stem)
+        return len(notes)

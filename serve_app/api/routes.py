@@ -1,0 +1,196 @@
+"""Routes under /api/v1. Handlers are short: the work is in the upload, repository and tracker."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, FastAPI, File, Form, Request, Response, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
+
+from serve_app.api.errors import install_error_handlers
+from serve_app.api.schemas import ComponentHealth, Health, JobAccepted, JobView, Problem, ResultLink
+from serve_app.api.services import Services, ServicesDep
+from serve_app.api.uploads import display_name, store_upload
+from serve_app.domain.db import JobRow
+from serve_app.domain.errors import JobNotFound, ResultNotFound, ResultNotReady, StemscribeError
+from serve_app.domain.jobs import JobStatus
+from serve_app.domain.options import JobOptions, NoteParameters, SeparationMode
+from serve_app.domain.storage import JobKeys
+from serve_app.settings import Settings
+
+_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+_MEDIA_TYPES = {".mid": "audio/midi", ".wav": "audio/wav", ".json": "application/json"}
+_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    code: {"model": Problem, "content": {"application/problem+json": {}}} for code in (400, 404, 413, 415, 422, 503)
+}
+# Multipart boundaries and the small form fields ride on top of the file itself.
+_MULTIPART_ALLOWANCE = 64 * 1024
+
+
+async def _job(services: Services, job_id: str) -> JobRow:
+    row = await asyncio.to_thread(services.repo.get, job_id) if _JOB_ID.match(job_id) else None
+    if row is None:
+        raise JobNotFound(f"There is no job {job_id}.")
+    return row
+
+
+def _view(request: Request, row: JobRow) -> JobView:
+    links = [
+        ResultLink(name=name, url=str(request.url_for("get_result", job_id=row.id, name=name)))
+        for name in (row.results if row.status == JobStatus.SUCCEEDED else [])
+    ]
+    return JobView(
+        job_id=row.id, status=JobStatus(row.status), stage=row.stage, progress=row.progress,
+        options=row.options, upload_name=row.upload_name, duration_seconds=row.duration_seconds,
+        created_at=row.created_at, updated_at=row.updated_at, started_at=row.started_at,
+        finished_at=row.finished_at, error=row.error, stage_seconds=row.stage_seconds or {}, results=links,
+    )  # fmt: skip
+
+
+def build_router(settings: Settings) -> APIRouter:
+    router = APIRouter(prefix="/api/v1", responses=_PROBLEMS)
+
+    @router.post(
+        "/transcribe",
+        status_code=202,
+        response_model=JobAccepted,
+        max_body_size=settings.max_upload_bytes + _MULTIPART_ALLOWANCE,
+        summary="Upload a song; answers at once with the job to poll",
+    )
+    async def transcribe(
+        request: Request,
+        response: Response,
+        services: ServicesDep,
+        file: Annotated[UploadFile, File(description="The audio: WAV, FLAC, MP3, Ogg/Opus or M4A/AAC")],
+        separation: Annotated[SeparationMode, Form()] = SeparationMode.DEMUCS,
+        onset_threshold: Annotated[float | None, Form()] = None,
+        frame_threshold: Annotated[float | None, Form()] = None,
+        minimum_note_length_ms: Annotated[float | None, Form()] = None,
+        minimum_frequency: Annotated[float | None, Form()] = None,
+        maximum_frequency: Annotated[float | None, Form()] = None,
+    ) -> JobAccepted:
+        try:
+            notes = NoteParameters(
+                onset_threshold=onset_threshold, frame_threshold=frame_threshold,
+                minimum_note_length_ms=minimum_note_length_ms,
+                minimum_frequency=minimum_frequency, maximum_frequency=maximum_frequency,
+            )  # fmt: skip
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors()) from exc
+        options = JobOptions(separation=separation, notes=notes)
+        job_id = uuid.uuid4().hex
+        info, size = await store_upload(file, services, job_id)
+        try:
+            await services.tracker.submit.remote(
+                {
+                    "id": job_id, "options": options.model_dump(mode="json"),
+                    "upload_name": display_name(file.filename), "upload_bytes": size,
+                    "duration_seconds": info.duration_seconds, "sample_rate": info.sample_rate,
+                    "channels": info.channels,
+                }
+            )  # fmt: skip
+        except Exception:
+            await asyncio.to_thread(services.storage.delete_prefix, JobKeys(job_id).prefix)
+            raise
+        response.headers["Location"] = str(request.url_for("get_job", job_id=job_id))
+        return JobAccepted(job_id=job_id, status=JobStatus.QUEUED)
+
+    @router.get("/jobs/{job_id}", response_model=JobView, summary="A job's status, progress and results")
+    async def get_job(request: Request, job_id: str, services: ServicesDep) -> JobView:
+        return _view(request, await _job(services, job_id))
+
+    @router.get(
+        "/jobs/{job_id}/results/{name:path}",
+        summary="Download one result: transcription.mid, notes.json, midi/<stem>.mid, stems/<stem>.wav",
+        response_class=StreamingResponse,
+    )
+    async def get_result(job_id: str, name: str, services: ServicesDep) -> StreamingResponse:
+        row = await _job(services, job_id)
+        if row.status != JobStatus.SUCCEEDED:
+            raise ResultNotReady(f"Job {job_id} is {row.status}; results exist once it has succeeded.")
+        if name not in row.results:
+            raise ResultNotFound(f"Job {job_id} has no result named {name!r}.")
+        key = JobKeys(job_id).result(name)
+        size = await asyncio.to_thread(services.storage.size, key)
+        handle = await asyncio.to_thread(services.storage.open_read, key)
+
+        def chunks():  # type: ignore[no-untyped-def]
+            with handle:
+                while data := handle.read(1024 * 1024):
+                    yield data
+
+        suffix = name[name.rfind(".") :]
+        filename = f"{job_id}-{name.replace('/', '-')}"
+        return StreamingResponse(
+            chunks(),
+            media_type=_MEDIA_TYPES.get(suffix, "application/octet-stream"),
+            headers={"Content-Length": str(size), "Content-Disposition": f'attachment; filename="{filename}"'},
+        )
+
+    @router.get("/health", response_model=Health, summary="Liveness, and readiness of each component")
+    async def health(services: ServicesDep) -> Health:
+        return await _health(services)
+
+    @router.get("/health/ready", response_model=Health, summary="200 when every component is ready, else 503")
+    async def ready(services: ServicesDep, response: Response) -> Health:
+        report = await _health(services)
+        if not report.ready:
+            response.status_code = 503
+        return report
+
+    return router
+
+
+async def _health(services: Services) -> Health:
+    timeout = services.settings.health_timeout_seconds
+
+    async def check(name: str, probe: Any) -> tuple[str, ComponentHealth]:
+        try:
+            detail = await asyncio.wait_for(probe, timeout)
+        except TimeoutError:
+            return name, ComponentHealth(ready=False, detail={"error": f"no answer within {timeout:g} s"})
+        except StemscribeError as exc:
+            return name, ComponentHealth(ready=False, detail={"error": exc.message})
+        except Exception as exc:
+            return name, ComponentHealth(ready=False, detail={"error": type(exc).__name__})
+        detail = detail if isinstance(detail, dict) else {}
+        return name, ComponentHealth(ready=detail.get("state", "ready") == "ready", detail=detail)
+
+    async def database() -> dict[str, Any]:
+        await asyncio.to_thread(services.repo.ping)
+        return {"backend": services.repo.engine.dialect.name}
+
+    async def storage() -> dict[str, Any]:
+        await asyncio.to_thread(services.storage.ping)
+        return {"backend": services.settings.storage_backend}
+
+    async def tracker() -> dict[str, Any]:
+        await services.tracker.ping.remote()
+        return {}
+
+    results = await asyncio.gather(
+        check("database", database()),
+        check("storage", storage()),
+        check("job_tracker", tracker()),
+        check("separation", services.separation.status.remote()),
+        check("transcription", services.transcription.status.remote()),
+    )
+    components = dict(results)
+    return Health(live=True, ready=all(c.ready for c in components.values()), components=components)
+
+
+def create_api(services: Services) -> FastAPI:
+    api = FastAPI(
+        title="stemscribe",
+        version="0.1.0",
+        description="Songs in; stems, multi-track MIDI and notes out.",
+    )
+    api.state.services = services
+    install_error_handlers(api, services.settings.max_upload_megabytes)
+    api.include_router(build_router(services.settings))
+    return api

@@ -1,0 +1,58 @@
+"""Response bodies, as the OpenAPI document shows them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from serve_app.domain.jobs import JobStatus
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    status: JobStatus
+
+
+class ResultLink(BaseModel):
+    name: str
+    url: str
+
+
+class JobView(BaseModel):
+    job_id: str
+    status: JobStatus
+    stage: str
+    progress: float = Field(ge=0, le=100)
+    options: dict[str, Any]
+    upload_name: str | None
+    duration_seconds: float
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    stage_seconds: dict[str, float]
+    results: list[ResultLink]
+
+
+class ComponentHealth(BaseModel):
+    ready: bool
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class Health(BaseModel):
+    live: bool
+    ready: bool
+    components: dict[str, ComponentHealth]
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str

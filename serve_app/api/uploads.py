@@ -1,0 +1,45 @@
+"""Taking an upload in: counted bytes, checked audio, stored under the job's id."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from fastapi import UploadFile
+
+from serve_app.domain import audio
+from serve_app.domain.errors import EmptyUpload, UploadTooLarge
+from serve_app.domain.storage import JobKeys
+from serve_app.api.services import Services
+
+_CHUNK = 1024 * 1024
+
+
+def display_name(filename: str | None) -> str | None:
+    """The client's file name, kept for display only; storage never uses it."""
+    if not filename:
+        return None
+    name = PureWindowsPath(PurePosixPath(filename).name).name
+    return "".join(ch for ch in name if ch.isprintable())[:255] or None
+
+
+async def store_upload(upload: UploadFile, services: Services, job_id: str) -> tuple[audio.AudioInfo, int]:
+    """Copy the upload to storage once it has proven to be audio within the limits."""
+    limit = services.settings.max_upload_bytes
+    with tempfile.TemporaryDirectory(prefix="stemscribe-upload-") as folder:
+        path = Path(folder) / "upload"
+        size = 0
+        with open(path, "wb") as out:
+            while chunk := await upload.read(_CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise UploadTooLarge(
+                        f"The upload is larger than the limit of {services.settings.max_upload_megabytes:g} MB."
+                    )
+                out.write(chunk)
+        if size == 0:
+            raise EmptyUpload("The uploaded file is empty.")
+        info = await asyncio.to_thread(audio.probe, path, services.settings.max_duration_seconds)
+        await asyncio.to_thread(services.storage.put_file, JobKeys(job_id).upload, path)
+    return info, size

@@ -1,0 +1,1 @@
+"""Domain code shared by the ingress and the deployments: audio, MIDI, jobs, storage, database."""

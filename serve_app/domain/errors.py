@@ -1,0 +1,55 @@
+"""Specific exceptions. `serve_app.api.errors` maps each to one HTTP response."""
+
+from __future__ import annotations
+
+
+class StemscribeError(Exception):
+    """Base class; `message` is a sentence a person can act on."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadInput(StemscribeError):
+    """The client's input can never succeed; retrying will not help."""
+
+
+class EmptyUpload(BadInput):
+    pass
+
+
+class UploadTooLarge(BadInput):
+    pass
+
+
+class UnsupportedAudio(BadInput):
+    """Not decodable audio in a format stemscribe accepts."""
+
+
+class AudioTooLong(BadInput):
+    pass
+
+
+class JobNotFound(StemscribeError):
+    pass
+
+
+class ResultNotFound(StemscribeError):
+    pass
+
+
+class ResultNotReady(StemscribeError):
+    pass
+
+
+class ModelUnavailable(StemscribeError):
+    """A model could not be loaded; the message says which and how to provide it."""
+
+
+class JobCanceled(StemscribeError):
+    pass
+
+
+class ServiceUnavailable(StemscribeError):
+    """A dependency (database, tracker) does not answer right now."""

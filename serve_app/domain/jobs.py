@@ -1,0 +1,76 @@
+"""The job state machine: statuses, stages and progress that never goes backwards."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
+
+_ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELED}),
+    JobStatus.RUNNING: frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED}),
+    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELED: frozenset(),
+}
+
+
+class InvalidTransition(Exception):
+    pass
+
+
+def check_transition(current: JobStatus, new: JobStatus) -> None:
+    if new not in _ALLOWED[current]:
+        raise InvalidTransition(f"a {current.value} job cannot become {new.value}")
+
+
+class Stage(StrEnum):
+    QUEUED = "queued"
+    DECODING = "decoding"
+    SEPARATING = "separating"
+    TRANSCRIBING = "transcribing"
+    PACKAGING = "packaging"
+    DONE = "done"
+
+    @property
+    def order(self) -> int:
+        return _STAGE_ORDER.index(self)
+
+
+_STAGE_ORDER = list(Stage)
+
+
+# Share of overall progress (start, end) that each stage covers; separation dominates run time.
+STAGE_SPAN: dict[Stage, tuple[float, float]] = {
+    Stage.QUEUED: (0.0, 0.0),
+    Stage.DECODING: (0.0, 5.0),
+    Stage.SEPARATING: (5.0, 60.0),
+    Stage.TRANSCRIBING: (60.0, 95.0),
+    Stage.PACKAGING: (95.0, 100.0),
+    Stage.DONE: (100.0, 100.0),
+}
+
+
+def overall_progress(stage: Stage, fraction: float) -> float:
+    """Map a stage and how far it is (0..1) to the job's 0..100 progress."""
+    start, end = STAGE_SPAN[stage]
+    fraction = min(max(fraction, 0.0), 1.0)
+    return round(start + (end - start) * fraction, 1)
+
+
+def advance(previous: float, proposed: float) -> float:
+    """Progress only moves forward; a late or repeated report never lowers it."""
+    return max(previous, min(proposed, 100.0))

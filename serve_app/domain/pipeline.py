@@ -1,0 +1,85 @@
+"""One job, stage by stage: stems from the separation deployment, notes from the transcription
+deployment, then the MIDI and JSON a client downloads. Runs inside the job tracker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from serve_app.domain.jobs import Stage
+from serve_app.domain.midi import Note, build_midi, midi_bytes, notes_document
+from serve_app.domain.options import JobOptions, is_pitched
+from serve_app.domain.storage import JobKeys, StorageBackend
+
+logger = logging.getLogger(__name__)
+
+StageReporter = Callable[[str, Stage, float], Awaitable[None]]
+
+
+class _Method(Protocol):
+    def remote(self, *args: Any, **kwargs: Any) -> Awaitable[Any]: ...
+
+
+class SeparationHandle(Protocol):
+    prepare_stems: _Method
+
+
+class TranscriptionHandle(Protocol):
+    transcribe_stem: _Method
+
+
+class JobPipeline:
+    def __init__(
+        self,
+        storage: StorageBackend,
+        separation: SeparationHandle,
+        transcription: TranscriptionHandle,
+        report: StageReporter,
+    ) -> None:
+        self.storage = storage
+        self.separation = separation
+        self.transcription = transcription
+        self.report = report
+
+    async def run(self, job_id: str, options: JobOptions) -> list[str]:
+        """Run every stage; returns the names of the job's results."""
+        # Decoding and separating both happen on the separation replica, which reports both stages.
+        await self.report(job_id, Stage.DECODING, 0.0)
+        stems: list[str] = await self.separation.prepare_stems.remote(job_id, options.separation.value)
+
+        pitched = [stem for stem in stems if is_pitched(stem)]
+        await self.report(job_id, Stage.TRANSCRIBING, 0.0)
+        done = 0
+
+        async def transcribe(stem: str) -> None:
+            nonlocal done
+            await self.transcription.transcribe_stem.remote(job_id, stem, options.notes.model_dump())
+            done += 1
+            await self.report(job_id, Stage.TRANSCRIBING, done / len(pitched))
+
+        # Stems go out together so that several transcription replicas can share them.
+        await asyncio.gather(*(transcribe(stem) for stem in pitched))
+
+        await self.report(job_id, Stage.PACKAGING, 0.0)
+        await asyncio.to_thread(self._package, job_id, pitched)
+        return result_names(stems, pitched)
+
+    def _package(self, job_id: str, pitched: list[str]) -> None:
+        keys = JobKeys(job_id)
+        notes: dict[str, list[Note]] = {}
+        for stem in pitched:
+            rows = json.loads(self.storage.get_bytes(keys.stem_notes(stem)))
+            notes[stem] = [Note.from_json(row) for row in rows]
+        self.storage.put_bytes(keys.result("transcription.mid"), midi_bytes(build_midi(notes)))
+        self.storage.put_bytes(keys.result("notes.json"), json.dumps(notes_document(notes)).encode())
+
+
+def result_names(stems: list[str], pitched: list[str]) -> list[str]:
+    return (
+        ["transcription.mid", "notes.json"]
+        + [f"midi/{stem}.mid" for stem in pitched]
+        + [f"stems/{stem}.wav" for stem in stems]
+    )

@@ -1,0 +1,79 @@
+"""The one settings model. Nothing else in stemscribe reads the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def normalize_database_url(url: str) -> str:
+    """Point plain PostgreSQL URLs at the psycopg 3 driver that stemscribe ships with."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+class Settings(BaseSettings):
+    """Service-wide settings, read from `STEMSCRIBE_*` variables (and `DATABASE_URL`) or builder args."""
+
+    model_config = SettingsConfigDict(env_prefix="STEMSCRIBE_", extra="forbid", frozen=True)
+
+    data_dir: Path = Field(
+        default=Path("~/.stemscribe"),
+        description="Folder for the SQLite database and local storage.",
+    )
+    database_url: str = Field(
+        default="",
+        validation_alias=AliasChoices("database_url", "DATABASE_URL", "STEMSCRIBE_DATABASE_URL"),
+        description="SQLAlchemy URL; empty means a SQLite file in data_dir.",
+    )
+    storage_backend: Literal["local", "s3"] = "local"
+    storage_dir: Path | None = Field(default=None, description="Local storage root; default data_dir/storage.")
+    s3_bucket: str | None = None
+    s3_prefix: str = "stemscribe/"
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+
+    max_upload_bytes: int = Field(default=200_000_000, gt=0)
+    max_duration_seconds: float = Field(default=20 * 60, gt=0)
+    max_concurrent_jobs: int = Field(default=3, ge=1)
+    # How long the pipeline waits for a model that is still loading before it fails the job.
+    model_wait_seconds: float = Field(default=600, gt=0)
+    health_timeout_seconds: float = Field(default=5, gt=0)
+
+    # Defaults for the separation/transcription `user_config`; a YAML `user_config` replaces them.
+    demucs_model: str = "htdemucs"
+    demucs_model_dir: Path | None = None
+    demucs_device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    tracker_name: str = "stemscribe-job-tracker"
+    ray_namespace: str = "stemscribe"
+
+    @field_validator("data_dir", "storage_dir", "demucs_model_dir", mode="after")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        # Replicas run in other working directories, so paths are fixed once, where settings are read.
+        return None if value is None else value.expanduser().resolve()
+
+    @field_validator("database_url", mode="after")
+    @classmethod
+    def _driver(cls, value: str) -> str:
+        return normalize_database_url(value)
+
+    @model_validator(mode="after")
+    def _derived(self) -> Settings:
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir / 'stemscribe.db'}")
+        if self.storage_dir is None:
+            object.__setattr__(self, "storage_dir", self.data_dir / "storage")
+        if self.storage_backend == "s3" and not self.s3_bucket:
+            raise ValueError("storage_backend 's3' needs s3_bucket (STEMSCRIBE_S3_BUCKET)")
+        return self
+
+    @property
+    def max_upload_megabytes(self) -> float:
+        return self.max_upload_bytes / 1_000_000
