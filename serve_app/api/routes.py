@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, File, Form, Request, Response, UploadFile
@@ -39,6 +40,11 @@ async def _job(services: Services, job_id: str) -> JobRow:
     return row
 
 
+def _utc(value: datetime | None) -> datetime | None:
+    # SQLite drops the zone of stored datetimes; every time stemscribe writes is UTC.
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
 def _view(request: Request, row: JobRow) -> JobView:
     links = [
         ResultLink(name=name, url=str(request.url_for("get_result", job_id=row.id, name=name)))
@@ -47,8 +53,8 @@ def _view(request: Request, row: JobRow) -> JobView:
     return JobView(
         job_id=row.id, status=JobStatus(row.status), stage=row.stage, progress=row.progress,
         options=row.options, upload_name=row.upload_name, duration_seconds=row.duration_seconds,
-        created_at=row.created_at, updated_at=row.updated_at, started_at=row.started_at,
-        finished_at=row.finished_at, error=row.error, stage_seconds=row.stage_seconds or {}, results=links,
+        created_at=_utc(row.created_at), updated_at=_utc(row.updated_at), started_at=_utc(row.started_at),
+        finished_at=_utc(row.finished_at), error=row.error, stage_seconds=row.stage_seconds or {}, results=links,
     )  # fmt: skip
 
 
