@@ -161,7 +161,7 @@ def get_or_create_tracker(
     """The one tracker of this application, created by whichever ingress replica asks first."""
     actor_cls = ray.remote(JobTracker)
     return actor_cls.options(  # type: ignore[attr-defined]
-        name=settings.tracker_name,
+        name=settings.tracker_actor_name,
         namespace=settings.ray_namespace,
         get_if_exists=True,
         num_cpus=0,

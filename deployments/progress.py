@@ -20,7 +20,7 @@ class TrackerReporter:
     def __call__(self, job_id: str, stage: Stage, fraction: float) -> None:
         try:
             if self._actor is None:
-                self._actor = ray.get_actor(self.settings.tracker_name, namespace=self.settings.ray_namespace)
+                self._actor = ray.get_actor(self.settings.tracker_actor_name, namespace=self.settings.ray_namespace)
             self._actor.report.remote(job_id, stage.value, fraction)
         except Exception:  # progress is advisory; the job must not fail because a report did
             self._actor = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Literal
 
@@ -73,6 +74,13 @@ class Settings(BaseSettings):
         if self.storage_backend == "s3" and not self.s3_bucket:
             raise ValueError("storage_backend 's3' needs s3_bucket (STEMSCRIBE_S3_BUCKET)")
         return self
+
+    @property
+    def tracker_actor_name(self) -> str:
+        """Named after the settings too, so an application redeployed with other settings never
+        picks up a tracker that still writes to the old database."""
+        fingerprint = hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:10]
+        return f"{self.tracker_name}-{fingerprint}"
 
     @property
     def max_upload_megabytes(self) -> float:
