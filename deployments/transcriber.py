@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 from pathlib import Path
 
@@ -41,18 +39,21 @@ class BasicPitchTranscriber:
         logger.info("basic-pitch model loaded from %s", self.model_path)
 
     def transcribe(self, wav_path: Path, parameters: NoteParameters) -> list[Note]:
-        from basic_pitch.inference import predict
+        # basic-pitch's own `predict` is these two steps plus a print() per file.
+        from basic_pitch import note_creation
+        from basic_pitch.constants import AUDIO_SAMPLE_RATE, FFT_HOP
+        from basic_pitch.inference import run_inference
 
-        # basic-pitch prints a line per file; keep stdout for the service's own logs.
-        with contextlib.redirect_stdout(io.StringIO()):
-            _, _, events = predict(
-                wav_path,
-                self.model,
-                onset_threshold=parameters.onset_threshold,
-                frame_threshold=parameters.frame_threshold,
-                minimum_note_length=parameters.minimum_note_length_ms,
-                minimum_frequency=parameters.minimum_frequency,
-                maximum_frequency=parameters.maximum_frequency,
-                melodia_trick=self.config.melodia_trick,
-            )
+        assert parameters.minimum_note_length_ms is not None
+        output = run_inference(wav_path, self.model)
+        _, events = note_creation.model_output_to_notes(
+            output,
+            onset_thresh=parameters.onset_threshold,
+            frame_thresh=parameters.frame_threshold,
+            min_note_len=int(round(parameters.minimum_note_length_ms / 1000 * (AUDIO_SAMPLE_RATE / FFT_HOP))),
+            min_freq=parameters.minimum_frequency,
+            max_freq=parameters.maximum_frequency,
+            multiple_pitch_bends=False,
+            melodia_trick=self.config.melodia_trick,
+        )
         return notes_from_basic_pitch(events)

@@ -51,7 +51,7 @@ def _validation_detail(exc: RequestValidationError) -> str:
     return "Invalid request: " + "; ".join(parts) + "."
 
 
-def install_error_handlers(app: FastAPI, max_upload_megabytes: float) -> None:
+def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(errors.StemscribeError)
     async def _domain(_: Request, exc: errors.StemscribeError) -> JSONResponse:
         for cls, status, code in ERROR_MAP:
@@ -66,9 +66,7 @@ def install_error_handlers(app: FastAPI, max_upload_megabytes: float) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code == 413:
-            detail = f"The upload is larger than the limit of {max_upload_megabytes:g} MB."
-        elif exc.status_code == 404:
+        if exc.status_code == 404:
             detail = "There is nothing at this address."
         else:
             detail = str(exc.detail)

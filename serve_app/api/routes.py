@@ -14,6 +14,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from serve_app.api.errors import install_error_handlers
+from serve_app.api.limits import UploadSizeLimit
 from serve_app.api.schemas import ComponentHealth, Health, JobAccepted, JobView, Problem, ResultLink
 from serve_app.api.services import Services, ServicesDep
 from serve_app.api.uploads import display_name, store_upload
@@ -65,7 +66,6 @@ def build_router(settings: Settings) -> APIRouter:
         "/transcribe",
         status_code=202,
         response_model=JobAccepted,
-        max_body_size=settings.max_upload_bytes + _MULTIPART_ALLOWANCE,
         summary="Upload a song; answers at once with the job to poll",
     )
     async def transcribe(
@@ -197,6 +197,12 @@ def create_api(services: Services) -> FastAPI:
         description="Songs in; stems, multi-track MIDI and notes out.",
     )
     api.state.services = services
-    install_error_handlers(api, services.settings.max_upload_megabytes)
+    install_error_handlers(api)
     api.include_router(build_router(services.settings))
+    api.add_middleware(
+        UploadSizeLimit,
+        path_suffix="/api/v1/transcribe",
+        max_body_bytes=services.settings.max_upload_bytes + _MULTIPART_ALLOWANCE,
+        max_upload_megabytes=services.settings.max_upload_megabytes,
+    )
     return api
