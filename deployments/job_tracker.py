@@ -11,7 +11,7 @@ from typing import Any
 import ray
 
 from serve_app.domain.db import JobRepository, JobRow, utcnow
-from serve_app.domain.errors import BadInput, ModelUnavailable, StemscribeError
+from serve_app.domain.errors import BadInput, ModelUnavailable, StemscribeError, unwrap
 from serve_app.domain.jobs import JobStatus, Stage, advance, check_transition, overall_progress
 from serve_app.domain.options import JobOptions
 from serve_app.domain.pipeline import JobPipeline, SeparationHandle, TranscriptionHandle
@@ -25,8 +25,8 @@ _WRITE_STEP = 1.0
 
 
 def _user_error(exc: BaseException) -> StemscribeError | None:
-    # Ray wraps exceptions raised in replicas; the original is the `cause`.
-    cause = getattr(exc, "cause", None) or exc
+    """The errors whose message is for the user; anything else is an internal error."""
+    cause = unwrap(exc)
     return cause if isinstance(cause, (BadInput, ModelUnavailable)) else None
 
 

@@ -64,12 +64,12 @@ class Separation:
         else:
             self.report(job_id, Stage.SEPARATING, 0.0)
             stems = engine.separate(mix, progress=lambda f: self.report(job_id, Stage.SEPARATING, f))
+            self.report(job_id, Stage.SEPARATING, 1.0)
         with tempfile.TemporaryDirectory(prefix="stemscribe-stems-") as folder:
             for name, samples in stems.items():
                 path = Path(folder) / f"{name}.wav"
                 audio.write_wav(path, samples, mix.sample_rate)
                 self.storage.put_file(keys.stem(name), path)
-        self.report(job_id, Stage.SEPARATING, 1.0)
         return list(stems)
 
     def _engine(self) -> DemucsSeparator:

@@ -13,7 +13,7 @@ logger = logging.getLogger("stemscribe")
 def _make_test_model(args: argparse.Namespace) -> int:
     from deployments.demucs_models import write_random_htdemucs
 
-    path = write_random_htdemucs(Path(args.folder), name=args.name, seed=args.seed)
+    path = write_random_htdemucs(Path(args.folder), name=args.name, seed=args.seed, full_size=args.full_size)
     logger.info(
         "Wrote %s. Use it with STEMSCRIBE_DEMUCS_MODEL=%s STEMSCRIBE_DEMUCS_MODEL_DIR=%s "
         "(random weights: the stems are noise-like, the pipeline is real).",
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     make.add_argument("folder", help="model folder, e.g. ./models")
     make.add_argument("--name", default="htdemucs_test", help="model name (file <name>.th)")
     make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--full-size", action="store_true", help="the pretrained htdemucs' architecture (slow)")
     make.set_defaults(handler=_make_test_model)
     args = parser.parse_args(argv)
     return int(args.handler(args))

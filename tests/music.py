@@ -50,3 +50,25 @@ def render(midi: pretty_midi.PrettyMIDI, wav: Path, sample_rate: int = 44100) ->
         timeout=120,
     )
     return wav
+
+
+def ensemble(seconds: float = 30.0, tempo: float = 100.0) -> pretty_midi.PrettyMIDI:
+    """Piano melody, bass line, string pad and drums: something for every stem to do."""
+    midi = melody(program=0, seconds=seconds, tempo=tempo)
+    beat = 60.0 / tempo
+    bass = pretty_midi.Instrument(program=33, name="bass")
+    pad = pretty_midi.Instrument(program=48, name="strings")
+    drums = pretty_midi.Instrument(program=0, is_drum=True, name="drums")
+    roots = [36, 41, 43, 36]
+    bar, t = 0, 0.5
+    while t < seconds - 4 * beat:
+        root = roots[bar % len(roots)]
+        for k in range(4):
+            bass.notes.append(pretty_midi.Note(100, root + (7 if k == 2 else 0), t + k * beat, t + (k + 0.8) * beat))
+            drums.notes.append(pretty_midi.Note(100, 36 if k % 2 == 0 else 38, t + k * beat, t + k * beat + 0.1))
+            drums.notes.append(pretty_midi.Note(70, 42, t + (k + 0.5) * beat, t + (k + 0.5) * beat + 0.05))
+        for offset in (12, 16, 19):
+            pad.notes.append(pretty_midi.Note(60, root + offset + 12, t, t + 4 * beat * 0.95))
+        bar, t = bar + 1, t + 4 * beat
+    midi.instruments.extend([bass, pad, drums])
+    return midi

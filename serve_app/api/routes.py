@@ -19,7 +19,14 @@ from serve_app.api.schemas import ComponentHealth, Health, JobAccepted, JobView,
 from serve_app.api.services import Services, ServicesDep
 from serve_app.api.uploads import display_name, store_upload
 from serve_app.domain.db import JobRow
-from serve_app.domain.errors import JobNotFound, ResultNotFound, ResultNotReady, StemscribeError
+from serve_app.domain.errors import (
+    JobNotFound,
+    ResultNotFound,
+    ResultNotReady,
+    ServiceUnavailable,
+    StemscribeError,
+    unwrap,
+)
 from serve_app.domain.jobs import JobStatus
 from serve_app.domain.options import JobOptions, NoteParameters, SeparationMode
 from serve_app.domain.storage import JobKeys
@@ -100,9 +107,13 @@ def build_router(settings: Settings) -> APIRouter:
                     "channels": info.channels,
                 }
             )  # fmt: skip
-        except Exception:
+        except Exception as exc:
+            # Nothing is half-kept: without a job record the stored upload goes too.
             await asyncio.to_thread(services.storage.delete_prefix, JobKeys(job_id).prefix)
-            raise
+            cause = unwrap(exc)
+            if isinstance(cause, StemscribeError):
+                raise cause from exc
+            raise ServiceUnavailable("The job tracker is not reachable; try again shortly.") from exc
         response.headers["Location"] = str(request.url_for("get_job", job_id=job_id))
         return JobAccepted(job_id=job_id, status=JobStatus.QUEUED)
 

@@ -53,3 +53,9 @@ class JobCanceled(StemscribeError):
 
 class ServiceUnavailable(StemscribeError):
     """A dependency (database, tracker) does not answer right now."""
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The exception a Ray actor or replica raised, without Ray's RayTaskError wrapper."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
