@@ -36,7 +36,7 @@ class JobTracker:
     ) -> None:
         self.settings = settings
         self.repo = JobRepository(settings.database_url)
-        self.repo.create_schema()
+        self.repo.migrate()
         self.pipeline = JobPipeline(storage_from_settings(settings), separation, transcription, self.report_stage)
         self._status: dict[str, JobStatus] = {}
         self._progress: dict[str, float] = {}
