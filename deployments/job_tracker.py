@@ -1,21 +1,26 @@
-"""The job tracker: a named Ray actor that queues jobs, runs at most N at once through the
-pipeline, and mirrors every transition and progress change into the database."""
+"""The job tracker: a named, detached Ray actor that takes jobs from the database (the queue),
+runs at most N at once through the pipeline, and mirrors every transition and progress change
+back into it. Jobs are held by leases that the tracker renews, so a tracker that dies and restarts
+(or a second one) picks up where the first left off."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import ray
 
-from serve_app.domain.db import JobRepository, JobRow, utcnow
-from serve_app.domain.errors import BadInput, ModelUnavailable, StemscribeError, unwrap
-from serve_app.domain.jobs import JobStatus, Stage, advance, check_transition, overall_progress
+from serve_app.domain.db import DuplicateIdempotencyKey, JobRepository, JobRow, utcnow
+from serve_app.domain.errors import BadInput, JobCanceled, ModelUnavailable, StemscribeError, unwrap
+from serve_app.domain.jobs import JobStatus, Stage, advance, overall_progress
 from serve_app.domain.options import JobOptions
 from serve_app.domain.pipeline import JobPipeline, SeparationHandle, TranscriptionHandle
-from serve_app.domain.storage import storage_from_settings
+from serve_app.domain.storage import JobKeys, storage_from_settings
 from serve_app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -25,9 +30,54 @@ _WRITE_STEP = 1.0
 
 
 def _user_error(exc: BaseException) -> StemscribeError | None:
-    """The errors whose message is for the user; anything else is an internal error."""
+    """The errors whose message is for the user and that no retry can fix."""
     cause = unwrap(exc)
     return cause if isinstance(cause, (BadInput, ModelUnavailable)) else None
+
+
+@dataclass
+class _Attempt:
+    """One attempt at one job; every database write it makes is fenced by `number`."""
+
+    tracker: JobTracker
+    job_id: str
+    number: int
+    known_stems: list[str] | None
+    progress: float
+    stage: Stage | None = None
+    stage_started: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    written: float = 0.0
+    lost: bool = False
+
+    async def _write(self, **fields: Any) -> None:
+        repo = self.tracker.repo
+        if not await asyncio.to_thread(repo.update_attempt, self.job_id, self.number, **fields):
+            self.lost = True  # canceled, or handed to a newer attempt: stop at the next checkpoint
+
+    async def report(self, stage: Stage, fraction: float) -> None:
+        fields: dict[str, Any] = {}
+        if self.stage is not stage:
+            if self.stage is not None and stage.order < self.stage.order:
+                return  # a late report from a stage that is already over
+            self.close_stage()
+            self.stage, self.stage_started = stage, time.monotonic()
+            fields.update(stage=stage.value, stage_seconds=dict(self.stage_seconds))
+        self.progress = advance(self.progress, overall_progress(stage, fraction))
+        if fields or self.progress - self.written >= _WRITE_STEP:
+            self.written = self.progress
+            await self._write(progress=self.progress, **fields)
+
+    def close_stage(self) -> None:
+        if self.stage is not None:
+            self.stage_seconds[self.stage.value] = round(time.monotonic() - self.stage_started, 3)
+
+    async def checkpoint(self) -> None:
+        if self.lost or await asyncio.to_thread(self.tracker.repo.cancel_requested, self.job_id):
+            raise JobCanceled("Canceled by the client.")
+
+    async def stems_separated(self, stems: list[str]) -> None:
+        await self._write(stems=stems)
 
 
 class JobTracker:
@@ -37,133 +87,183 @@ class JobTracker:
         self.settings = settings
         self.repo = JobRepository(settings.database_url)
         self.repo.migrate()
-        self.pipeline = JobPipeline(storage_from_settings(settings), separation, transcription, self.report_stage)
-        self._status: dict[str, JobStatus] = {}
-        self._progress: dict[str, float] = {}
-        self._written: dict[str, float] = {}
-        self._stage: dict[str, tuple[Stage, float]] = {}
-        self._stage_seconds: dict[str, dict[str, float]] = {}
-        self._queue: asyncio.Queue[str] | None = None
-        self._workers: list[asyncio.Task[None]] = []
+        self.storage = storage_from_settings(settings)
+        self.pipeline = JobPipeline(self.storage, separation, transcription)
+        self.owner = f"tracker-{uuid.uuid4().hex[:12]}"
+        self._attempts: dict[str, _Attempt] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._loops: list[asyncio.Task[None]] = []
+        self._wake: asyncio.Event | None = None
 
     async def start(self) -> None:
-        """Start the workers once; jobs left unfinished by an earlier tracker are queued again."""
-        if self._queue is not None:
+        """Start the claim and cleanup loops once per (re)started actor; the ingress calls this
+        at start and from its health check, so a restarted tracker resumes within seconds."""
+        if self._loops:
             return
-        self._queue = asyncio.Queue()
-        for row in await asyncio.to_thread(self.repo.unfinished):
-            self._status[row.id] = JobStatus(row.status)
-            self._progress[row.id] = row.progress
-            self._queue.put_nowait(row.id)
-        self._workers = [asyncio.create_task(self._work()) for _ in range(self.settings.max_concurrent_jobs)]
-        logger.info("job tracker started with %d slots", self.settings.max_concurrent_jobs)
+        self._wake = asyncio.Event()
+        self._loops = [asyncio.create_task(self._claim_loop()), asyncio.create_task(self._cleanup_loop())]
+        logger.info("job tracker %s started with %d slots", self.owner, self.settings.max_concurrent_jobs)
 
     async def ping(self) -> bool:
         return True
 
-    async def submit(self, job: dict[str, Any]) -> None:
+    async def submit(self, job: dict[str, Any]) -> str:
+        """Insert a queued job; with an idempotency key already used, the existing job's id."""
         await self.start()
         now = utcnow()
         row = JobRow(
             **job, status=JobStatus.QUEUED.value, stage=Stage.QUEUED.value, progress=0.0,
-            results=[], stage_seconds={}, created_at=now, updated_at=now,
+            results=[], stage_seconds={}, created_at=now, updated_at=now, attempts=0, cancel_requested=False,
         )  # fmt: skip
-        await asyncio.to_thread(self.repo.insert, row)
-        self._status[row.id] = JobStatus.QUEUED
-        self._progress[row.id] = 0.0
-        assert self._queue is not None
-        self._queue.put_nowait(row.id)
-        logger.info("job %s queued (%d waiting)", row.id, self._queue.qsize())
+        try:
+            await asyncio.to_thread(self.repo.insert, row)
+        except DuplicateIdempotencyKey:
+            existing = await asyncio.to_thread(self.repo.by_idempotency_key, row.idempotency_key or "")
+            assert existing is not None
+            return existing.id
+        self._poke()
+        logger.info("job %s queued", row.id)
+        return row.id
+
+    async def cancel(self, job_id: str) -> None:
+        await asyncio.to_thread(self.repo.cancel, job_id)
+        self._poke()
 
     async def report(self, job_id: str, stage: str, fraction: float) -> None:
         """Progress from a replica, fire-and-forget."""
-        await self.report_stage(job_id, Stage(stage), fraction)
+        attempt = self._attempts.get(job_id)
+        if attempt is not None:
+            await attempt.report(Stage(stage), fraction)
 
-    async def report_stage(self, job_id: str, stage: Stage, fraction: float) -> None:
-        if self._status.get(job_id) is not JobStatus.RUNNING:
-            return
-        fields: dict[str, Any] = {}
-        current = self._stage.get(job_id)
-        if current is None or current[0] is not stage:
-            if current is not None and stage.order < current[0].order:
-                return  # a late report from a stage that is already over
-            self._close_stage(job_id)
-            self._stage[job_id] = (stage, time.monotonic())
-            fields["stage"] = stage.value
-            fields["stage_seconds"] = dict(self._stage_seconds.get(job_id, {}))
-        progress = advance(self._progress.get(job_id, 0.0), overall_progress(stage, fraction))
-        self._progress[job_id] = progress
-        if fields or progress - self._written.get(job_id, 0.0) >= _WRITE_STEP:
-            fields["progress"] = progress
-            self._written[job_id] = progress
-            await asyncio.to_thread(self.repo.update, job_id, **fields)
+    def _poke(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
 
-    def _close_stage(self, job_id: str) -> None:
-        current = self._stage.get(job_id)
-        if current is not None:
-            stage, started = current
-            self._stage_seconds.setdefault(job_id, {})[stage.value] = round(time.monotonic() - started, 3)
-
-    async def _work(self) -> None:
-        assert self._queue is not None
+    async def _claim_loop(self) -> None:
+        assert self._wake is not None
         while True:
-            job_id = await self._queue.get()
             try:
-                await self._run(job_id)
+                await self._claim()
+            except Exception:  # the database may be away; try again on the next round
+                logger.warning("job tracker could not claim jobs", exc_info=True)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+            except TimeoutError:
+                pass
+
+    async def _claim(self) -> None:
+        free = self.settings.max_concurrent_jobs - len(self._tasks)
+        if free <= 0:
+            return
+        rows = await asyncio.to_thread(self.repo.claimable, utcnow(), free + len(self._tasks))
+        for row in rows:
+            if free <= 0:
+                break
+            if row.id in self._tasks:
+                continue
+            if row.attempts >= self.settings.max_attempts:
+                message = (
+                    f"The job failed {row.attempts} times and was given up; last error: "
+                    f"{row.last_error or 'its worker stopped answering'}"
+                )
+                await asyncio.to_thread(self.repo.fail_exhausted, row.id, row.attempts, message)
+                logger.warning("job %s: %s", row.id, message)
+                continue
+            if not await asyncio.to_thread(
+                self.repo.claim, row.id, row.attempts, self.owner, self.settings.lease_seconds
+            ):
+                continue  # another tracker took it
+            attempt = _Attempt(self, row.id, row.attempts + 1, row.stems, row.progress,
+                               stage_seconds=dict(row.stage_seconds or {}))  # fmt: skip
+            self._attempts[row.id] = attempt
+            self._tasks[row.id] = asyncio.create_task(self._run(attempt, JobOptions.model_validate(row.options)))
+            free -= 1
+
+    async def _heartbeat(self, attempt: _Attempt) -> None:
+        interval = self.settings.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                renewed = await asyncio.to_thread(
+                    self.repo.renew, attempt.job_id, attempt.number, self.settings.lease_seconds
+                )
             except Exception:
-                logger.exception("job %s: tracker error", job_id)
-            finally:
-                for table in (self._stage, self._written):
-                    table.pop(job_id, None)
+                logger.warning("job %s: lease not renewed (database away?)", attempt.job_id)
+                continue
+            if not renewed:
+                attempt.lost = True
+                return
 
-    async def _transition(self, job_id: str, status: JobStatus, **fields: Any) -> None:
-        check_transition(self._status[job_id], status)
-        await asyncio.to_thread(self.repo.update, job_id, status=status.value, **fields)
-        self._status[job_id] = status
-
-    async def _run(self, job_id: str) -> None:
-        row = await asyncio.to_thread(self.repo.get, job_id)
-        if row is None or JobStatus(row.status).is_final:
-            return
-        options = JobOptions.model_validate(row.options)
-        if self._status[job_id] is JobStatus.QUEUED:
-            await self._transition(job_id, JobStatus.RUNNING, started_at=utcnow())
-        logger.info("job %s running (%s)", job_id, options.separation.value)
+    async def _run(self, attempt: _Attempt, options: JobOptions) -> None:
+        job_id = attempt.job_id
+        logger.info("job %s: attempt %d (%s)", job_id, attempt.number, options.separation.value)
+        heartbeat = asyncio.create_task(self._heartbeat(attempt))
         try:
-            results = await self.pipeline.run(job_id, options)
+            results = await self.pipeline.run(job_id, options, attempt)
+            await self._finish(attempt, JobStatus.SUCCEEDED, stage=Stage.DONE.value, progress=100.0, results=results)
+            logger.info("job %s succeeded", job_id)
         except Exception as exc:
-            error = _user_error(exc)
-            stage = self._stage.get(job_id, (Stage.DECODING, 0.0))[0]
-            if error is None:
-                logger.error("job %s failed while %s", job_id, stage.value, exc_info=exc)
-                message = f"Internal error while {stage.value}; the job could not be completed."
-            else:
-                logger.info("job %s failed: %s", job_id, error.message)
-                message = error.message
-            self._close_stage(job_id)
-            await self._transition(
-                job_id, JobStatus.FAILED, error=message, finished_at=utcnow(),
-                stage_seconds=self._stage_seconds.pop(job_id, {}),
-            )  # fmt: skip
+            await self._failed(attempt, exc)
+        finally:
+            heartbeat.cancel()
+            self._tasks.pop(job_id, None)
+            self._attempts.pop(job_id, None)
+            self._poke()
+
+    async def _finish(self, attempt: _Attempt, status: JobStatus, **fields: Any) -> None:
+        attempt.close_stage()
+        done = await asyncio.to_thread(
+            self.repo.finish, attempt.job_id, attempt.number, status, stage_seconds=attempt.stage_seconds, **fields
+        )
+        if not done:
+            logger.info("job %s: attempt %d was superseded; its result is dropped", attempt.job_id, attempt.number)
+
+    async def _failed(self, attempt: _Attempt, exc: BaseException) -> None:
+        job_id, cause = attempt.job_id, unwrap(exc)
+        stage = (attempt.stage or Stage.DECODING).value
+        if isinstance(cause, JobCanceled):
+            if not attempt.lost or await asyncio.to_thread(self.repo.cancel_requested, job_id):
+                await self._finish(attempt, JobStatus.CANCELED, error="Canceled by the client.")
+            logger.info("job %s stopped while %s", job_id, stage)
             return
-        self._close_stage(job_id)
-        self._progress[job_id] = 100.0
-        await self._transition(
-            job_id, JobStatus.SUCCEEDED, stage=Stage.DONE.value, progress=100.0, results=results,
-            finished_at=utcnow(), stage_seconds=self._stage_seconds.pop(job_id, {}),
-        )  # fmt: skip
-        logger.info("job %s succeeded", job_id)
+        error = _user_error(exc)
+        if error is not None:
+            logger.info("job %s failed: %s", job_id, error.message)
+            await self._finish(attempt, JobStatus.FAILED, error=error.message)
+            return
+        logger.error("job %s: attempt %d failed while %s", job_id, attempt.number, stage, exc_info=exc)
+        message = f"Internal error while {stage} ({type(cause).__name__})."
+        backoff = self.settings.retry_backoff_seconds * attempt.number
+        await asyncio.to_thread(self.repo.release, job_id, attempt.number, message, backoff)
+
+    async def _cleanup_loop(self) -> None:
+        """Retention: uploads and results of jobs finished longer ago than the retention time go."""
+        while True:
+            try:
+                cutoff = utcnow() - timedelta(seconds=self.settings.retention_seconds)
+                for job_id in await asyncio.to_thread(self.repo.expirable, cutoff):
+                    await asyncio.to_thread(self.storage.delete_prefix, JobKeys(job_id).prefix)
+                    await asyncio.to_thread(self.repo.mark_expired, job_id)
+                    logger.info("job %s expired; its files were removed", job_id)
+            except Exception:
+                logger.warning("retention cleanup failed", exc_info=True)
+            await asyncio.sleep(self.settings.cleanup_interval_seconds)
 
 
 def get_or_create_tracker(
     settings: Settings, separation: SeparationHandle, transcription: TranscriptionHandle
 ) -> ray.actor.ActorHandle:
-    """The one tracker of this application, created by whichever ingress replica asks first."""
+    """The one tracker of this application. Detached and restarted by Ray when it dies, so it
+    outlives any one ingress replica and a redeploy of the application."""
     actor_cls = ray.remote(JobTracker)
     return actor_cls.options(  # type: ignore[attr-defined]
         name=settings.tracker_actor_name,
         namespace=settings.ray_namespace,
         get_if_exists=True,
+        lifetime="detached",
+        max_restarts=-1,
+        max_task_retries=-1,
         num_cpus=0,
         max_concurrency=1000,
     ).remote(settings, separation, transcription)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
-from deployments.progress import TrackerReporter
+from deployments.progress import CancelCheck, TrackerReporter
 from deployments.separator import DemucsSeparator, ModelState, SeparationConfig
 from serve_app.domain import audio
+from serve_app.domain.db import JobRepository
 from serve_app.domain.errors import ModelUnavailable
 from serve_app.domain.jobs import Stage
 from serve_app.domain.options import SeparationMode
@@ -27,6 +29,7 @@ class Separation:
         self.engine_cls = engine_cls
         self.storage: StorageBackend = storage_from_settings(settings)
         self.report = TrackerReporter(settings)
+        self.repo = JobRepository(settings.database_url)
         self.engine: DemucsSeparator | None = None
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -57,13 +60,18 @@ class Separation:
             engine.wait_ready(self.settings.model_wait_seconds)
         keys = JobKeys(job_id)
         with self.storage.local_copy(keys.upload) as upload:
+            self._maybe_crash(upload)
             mix = audio.decode(upload, self.settings.max_duration_seconds)
         self.report(job_id, Stage.DECODING, 1.0)
         if mode is SeparationMode.NONE:
             stems = {"mix": mix.samples}
         else:
             self.report(job_id, Stage.SEPARATING, 0.0)
-            stems = engine.separate(mix, progress=lambda f: self.report(job_id, Stage.SEPARATING, f))
+            stems = engine.separate(
+                mix,
+                progress=lambda f: self.report(job_id, Stage.SEPARATING, f),
+                should_stop=CancelCheck(self.repo, job_id),
+            )
             self.report(job_id, Stage.SEPARATING, 1.0)
         with tempfile.TemporaryDirectory(prefix="stemscribe-stems-") as folder:
             for name, samples in stems.items():
@@ -71,6 +79,12 @@ class Separation:
                 audio.write_wav(path, samples, mix.sample_rate)
                 self.storage.put_file(keys.stem(name), path)
         return list(stems)
+
+    def _maybe_crash(self, upload: Path) -> None:
+        marker = self.settings.fault_crash_marker
+        if marker and marker.encode() in upload.read_bytes():
+            logger.critical("fault injection: upload carries %r; this replica exits now", marker)
+            os._exit(1)
 
     def _engine(self) -> DemucsSeparator:
         if self.engine is None:

@@ -57,7 +57,8 @@ class Transcription:
         parameters = requested.over(preset_for(stem).notes)
         with self.storage.local_copy(keys.stem(stem)) as wav:
             notes = self.engine.transcribe(wav, parameters)
-        self.storage.put_bytes(keys.stem_notes(stem), json.dumps([n.to_json(stem) for n in notes]).encode())
         self.storage.put_bytes(keys.stem_midi(stem), midi_bytes(build_midi({stem: notes})))
+        # The notes file goes last: its presence tells a later attempt this stem is done.
+        self.storage.put_bytes(keys.stem_notes(stem), json.dumps([n.to_json(stem) for n in notes]).encode())
         logger.info("job %s: %d notes in stem %s", job_id, len(notes), stem)
         return len(notes)

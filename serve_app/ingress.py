@@ -33,6 +33,10 @@ class Ingress:
         self.storage = storage_from_settings(settings)
         logger.info("ingress ready: database %s, storage %s", self.repo.engine.dialect.name, settings.storage_backend)
 
+    async def check_health(self) -> None:
+        # Serve calls this every few seconds: it also restarts the tracker's loops if Ray restarted it.
+        await self.tracker.start.remote()
+
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_api(
             Services(self.settings, self.repo, self.storage, self.tracker, self.separation, self.transcription)

@@ -46,6 +46,19 @@ class Settings(BaseSettings):
     model_wait_seconds: float = Field(default=600, gt=0)
     health_timeout_seconds: float = Field(default=5, gt=0)
 
+    # Durability: a running job's lease is renewed every third of its length; a job whose lease ran
+    # out (worker or tracker died) is taken up again, up to max_attempts attempts in all.
+    lease_seconds: float = Field(default=30, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    retry_backoff_seconds: float = Field(default=2, ge=0)
+    max_queue_depth: int = Field(default=100, ge=1)
+    retry_after_seconds: int = Field(default=2, ge=1, description="Retry-After for polls and 503s")
+    retention_seconds: float = Field(default=7 * 24 * 3600, gt=0)
+    cleanup_interval_seconds: float = Field(default=600, gt=0)
+    idempotency_seconds: float = Field(default=24 * 3600, gt=0)
+    # Fault injection for resilience tests: a replica that finds this text in an upload kills itself.
+    fault_crash_marker: str | None = None
+
     # Defaults for the separation/transcription `user_config`; a YAML `user_config` replaces them.
     demucs_model: str = "htdemucs"
     demucs_model_dir: Path | None = None

@@ -22,6 +22,10 @@ ERROR_MAP: list[tuple[type[errors.StemscribeError], int, str]] = [
     (errors.AudioTooLong, 422, "audio_too_long"),
     (errors.JobNotFound, 404, "job_not_found"),
     (errors.ResultNotFound, 404, "result_not_found"),
+    (errors.JobGone, 410, "job_gone"),
+    (errors.IdempotencyKeyReused, 422, "idempotency_key_reused"),
+    (errors.InvalidCursor, 422, "invalid_cursor"),
+    (errors.QueueFull, 503, "queue_full"),
     (errors.ResultNotReady, 409, "result_not_ready"),
     (errors.ModelUnavailable, 503, "model_unavailable"),
     (errors.ServiceUnavailable, 503, "service_unavailable"),
@@ -51,12 +55,14 @@ def _validation_detail(exc: RequestValidationError) -> str:
     return "Invalid request: " + "; ".join(parts) + "."
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, retry_after_seconds: int) -> None:
     @app.exception_handler(errors.StemscribeError)
     async def _domain(_: Request, exc: errors.StemscribeError) -> JSONResponse:
         for cls, status, code in ERROR_MAP:
             if isinstance(exc, cls):
-                return problem(status, code, exc.message)
+                # Every 503 here is temporary: tell clients when to come back.
+                headers = {"Retry-After": str(retry_after_seconds)} if status == 503 else None
+                return problem(status, code, exc.message, headers)
         logger.error("unmapped error: %s", exc.message)
         return problem(500, "internal_error", "Internal error.")
 

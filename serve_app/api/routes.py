@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import re
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, File, Form, Request, Response, UploadFile
+from fastapi import APIRouter, FastAPI, File, Form, Header, Query, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from serve_app.api.errors import install_error_handlers
 from serve_app.api.limits import UploadSizeLimit
-from serve_app.api.schemas import ComponentHealth, Health, JobAccepted, JobView, Problem, ResultLink
+from serve_app.api.schemas import ComponentHealth, Health, JobAccepted, JobList, JobView, Problem, ResultLink
 from serve_app.api.services import Services, ServicesDep
 from serve_app.api.uploads import display_name, store_upload
-from serve_app.domain.db import JobRow
+from serve_app.domain.db import JobRow, as_utc
 from serve_app.domain.errors import (
+    IdempotencyKeyReused,
+    InvalidCursor,
+    JobGone,
     JobNotFound,
+    QueueFull,
     ResultNotFound,
     ResultNotReady,
     ServiceUnavailable,
@@ -45,24 +51,36 @@ async def _job(services: Services, job_id: str) -> JobRow:
     row = await asyncio.to_thread(services.repo.get, job_id) if _JOB_ID.match(job_id) else None
     if row is None:
         raise JobNotFound(f"There is no job {job_id}.")
+    if row.deleted_at is not None:
+        raise JobGone(f"Job {job_id} was deleted.")
     return row
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    # SQLite drops the zone of stored datetimes; every time stemscribe writes is UTC.
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+def _encode_cursor(row: JobRow) -> str:
+    created = as_utc(row.created_at)
+    assert created is not None
+    return base64.urlsafe_b64encode(f"{created.isoformat()}|{row.id}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        return datetime.fromisoformat(created), job_id
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidCursor("The cursor is not one this service handed out.") from exc
 
 
 def _view(request: Request, row: JobRow) -> JobView:
     links = [
         ResultLink(name=name, url=str(request.url_for("get_result", job_id=row.id, name=name)))
-        for name in (row.results if row.status == JobStatus.SUCCEEDED else [])
+        for name in (row.results if row.status == JobStatus.SUCCEEDED and row.expired_at is None else [])
     ]
     return JobView(
         job_id=row.id, status=JobStatus(row.status), stage=row.stage, progress=row.progress,
         options=row.options, upload_name=row.upload_name, duration_seconds=row.duration_seconds,
-        created_at=_utc(row.created_at), updated_at=_utc(row.updated_at), started_at=_utc(row.started_at),
-        finished_at=_utc(row.finished_at), error=row.error, stage_seconds=row.stage_seconds or {}, results=links,
+        created_at=as_utc(row.created_at), updated_at=as_utc(row.updated_at), started_at=as_utc(row.started_at),
+        finished_at=as_utc(row.finished_at), error=row.error, stage_seconds=row.stage_seconds or {},
+        attempts=row.attempts, results=links,
     )  # fmt: skip
 
 
@@ -86,6 +104,7 @@ def build_router(settings: Settings) -> APIRouter:
         minimum_note_length_ms: Annotated[float | None, Form()] = None,
         minimum_frequency: Annotated[float | None, Form()] = None,
         maximum_frequency: Annotated[float | None, Form()] = None,
+        idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
     ) -> JobAccepted:
         try:
             notes = NoteParameters(
@@ -96,15 +115,21 @@ def build_router(settings: Settings) -> APIRouter:
         except ValidationError as exc:
             raise RequestValidationError(exc.errors()) from exc
         options = JobOptions(separation=separation, notes=notes)
+        if idempotency_key is None and await asyncio.to_thread(services.repo.count_queued) >= (
+            services.settings.max_queue_depth
+        ):
+            raise QueueFull("Too many jobs are waiting; try again later.")
         job_id = uuid.uuid4().hex
-        info, size = await store_upload(file, services, job_id)
+        upload = await store_upload(file, services, job_id)
+        request_hash = hashlib.sha256(upload.sha256.encode() + options.model_dump_json().encode()).hexdigest()
         try:
-            await services.tracker.submit.remote(
+            accepted_id = await services.tracker.submit.remote(
                 {
                     "id": job_id, "options": options.model_dump(mode="json"),
-                    "upload_name": display_name(file.filename), "upload_bytes": size,
-                    "duration_seconds": info.duration_seconds, "sample_rate": info.sample_rate,
-                    "channels": info.channels,
+                    "upload_name": display_name(file.filename), "upload_bytes": upload.size,
+                    "duration_seconds": upload.info.duration_seconds, "sample_rate": upload.info.sample_rate,
+                    "channels": upload.info.channels, "idempotency_key": idempotency_key,
+                    "request_hash": request_hash,
                 }
             )  # fmt: skip
         except Exception as exc:
@@ -114,12 +139,56 @@ def build_router(settings: Settings) -> APIRouter:
             if isinstance(cause, StemscribeError):
                 raise cause from exc
             raise ServiceUnavailable("The job tracker is not reachable; try again shortly.") from exc
-        response.headers["Location"] = str(request.url_for("get_job", job_id=job_id))
-        return JobAccepted(job_id=job_id, status=JobStatus.QUEUED)
+        if accepted_id != job_id:
+            # The key was used before: that job is the answer, if it was the same request.
+            await asyncio.to_thread(services.storage.delete_prefix, JobKeys(job_id).prefix)
+            first = await asyncio.to_thread(services.repo.get, accepted_id)
+            if first is None or first.request_hash != request_hash:
+                raise IdempotencyKeyReused(
+                    "This Idempotency-Key was used for a different upload or options; use a new key."
+                )
+        response.headers["Location"] = str(request.url_for("get_job", job_id=accepted_id))
+        return JobAccepted(job_id=accepted_id, status=JobStatus.QUEUED)
+
+    @router.get("/jobs", response_model=JobList, summary="Jobs, newest first, a page at a time")
+    async def list_jobs(
+        request: Request,
+        services: ServicesDep,
+        status: JobStatus | None = None,
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+        cursor: str | None = None,
+    ) -> JobList:
+        after = _decode_cursor(cursor) if cursor else None
+        rows = await asyncio.to_thread(services.repo.page, status.value if status else None, limit + 1, after)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return JobList(
+            jobs=[_view(request, row) for row in rows], next_cursor=_encode_cursor(rows[-1]) if more else None
+        )
 
     @router.get("/jobs/{job_id}", response_model=JobView, summary="A job's status, progress and results")
-    async def get_job(request: Request, job_id: str, services: ServicesDep) -> JobView:
-        return _view(request, await _job(services, job_id))
+    async def get_job(request: Request, response: Response, job_id: str, services: ServicesDep) -> JobView:
+        row = await _job(services, job_id)
+        if not JobStatus(row.status).is_final:
+            response.headers["Retry-After"] = str(services.settings.retry_after_seconds)
+        return _view(request, row)
+
+    @router.post("/jobs/{job_id}/cancel", response_model=JobView, summary="Cancel a queued or running job")
+    async def cancel_job(request: Request, job_id: str, services: ServicesDep) -> JobView:
+        row = await _job(services, job_id)
+        if not JobStatus(row.status).is_final:
+            await _tracker_call(services.tracker.cancel.remote(job_id))
+            row = await _job(services, job_id)
+        return _view(request, row)
+
+    @router.delete("/jobs/{job_id}", status_code=204, summary="Cancel if needed, then delete the upload and results")
+    async def delete_job(job_id: str, services: ServicesDep) -> Response:
+        row = await _job(services, job_id)
+        if not JobStatus(row.status).is_final:
+            await _tracker_call(services.tracker.cancel.remote(job_id))
+        await asyncio.to_thread(services.repo.mark_deleted, job_id)
+        await asyncio.to_thread(services.storage.delete_prefix, JobKeys(job_id).prefix)
+        return Response(status_code=204)
 
     @router.get(
         "/jobs/{job_id}/results/{name:path}",
@@ -128,6 +197,8 @@ def build_router(settings: Settings) -> APIRouter:
     )
     async def get_result(job_id: str, name: str, services: ServicesDep) -> StreamingResponse:
         row = await _job(services, job_id)
+        if row.expired_at is not None:
+            raise JobGone(f"The results of job {job_id} expired and were removed.")
         if row.status != JobStatus.SUCCEEDED:
             raise ResultNotReady(f"Job {job_id} is {row.status}; results exist once it has succeeded.")
         if name not in row.results:
@@ -161,6 +232,16 @@ def build_router(settings: Settings) -> APIRouter:
         return report
 
     return router
+
+
+async def _tracker_call(call: Any) -> Any:
+    try:
+        return await call
+    except Exception as exc:
+        cause = unwrap(exc)
+        if isinstance(cause, StemscribeError):
+            raise cause from exc
+        raise ServiceUnavailable("The job tracker is not reachable; try again shortly.") from exc
 
 
 async def _health(services: Services) -> Health:
@@ -208,7 +289,7 @@ def create_api(services: Services) -> FastAPI:
         description="Songs in; stems, multi-track MIDI and notes out.",
     )
     api.state.services = services
-    install_error_handlers(api)
+    install_error_handlers(api, services.settings.retry_after_seconds)
     api.include_router(build_router(services.settings))
     api.add_middleware(
         UploadSizeLimit,

@@ -34,7 +34,13 @@ class JobView(BaseModel):
     finished_at: datetime | None
     error: str | None
     stage_seconds: dict[str, float]
+    attempts: int
     results: list[ResultLink]
+
+
+class JobList(BaseModel):
+    jobs: list[JobView]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last")
 
 
 class ComponentHealth(BaseModel):

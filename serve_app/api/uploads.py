@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from fastapi import UploadFile
@@ -24,14 +26,23 @@ def display_name(filename: str | None) -> str | None:
     return "".join(ch for ch in name if ch.isprintable())[:255] or None
 
 
-async def store_upload(upload: UploadFile, services: Services, job_id: str) -> tuple[audio.AudioInfo, int]:
+@dataclass(frozen=True)
+class StoredUpload:
+    info: audio.AudioInfo
+    size: int
+    sha256: str
+
+
+async def store_upload(upload: UploadFile, services: Services, job_id: str) -> StoredUpload:
     """Copy the upload to storage once it has proven to be audio within the limits."""
     limit = services.settings.max_upload_bytes
+    digest = hashlib.sha256()
     with tempfile.TemporaryDirectory(prefix="stemscribe-upload-") as folder:
         path = Path(folder) / "upload"
         size = 0
         with open(path, "wb") as out:
             while chunk := await upload.read(_CHUNK):
+                digest.update(chunk)
                 size += len(chunk)
                 if size > limit:
                     raise UploadTooLarge(
@@ -42,4 +53,4 @@ async def store_upload(upload: UploadFile, services: Services, job_id: str) -> t
             raise EmptyUpload("The uploaded file is empty.")
         info = await asyncio.to_thread(audio.probe, path, services.settings.max_duration_seconds)
         await asyncio.to_thread(services.storage.put_file, JobKeys(job_id).upload, path)
-    return info, size
+    return StoredUpload(info, size, digest.hexdigest())

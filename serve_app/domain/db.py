@@ -1,23 +1,53 @@
-"""The jobs table and the one repository that reads and writes it (SQLite or PostgreSQL)."""
+"""The jobs table and the one repository that reads and writes it (SQLite or PostgreSQL).
+
+Writes by a worker are fenced by the job's attempt number: once a job has been handed to a newer
+attempt, an older worker's updates match no row and change nothing."""
 
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, Integer, String, Text, create_engine, event, select, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    Integer,
+    String,
+    Text,
+    and_,
+    case,
+    create_engine,
+    event,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from serve_app.domain.errors import ServiceUnavailable
+from serve_app.domain.jobs import JobStatus, allowed_from
 
 logger = logging.getLogger(__name__)
+
+UNFINISHED = ("queued", "running")
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    # SQLite drops the zone of stored datetimes; every time stemscribe writes is UTC.
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
 class Base(DeclarativeBase):
@@ -44,6 +74,21 @@ class JobRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Durability (revision 0002)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    stems: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True, unique=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class DuplicateIdempotencyKey(Exception):
+    pass
 
 
 def make_engine(url: str) -> Engine:
@@ -59,16 +104,30 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args={"connect_timeout": 5})
+
+
+def _guarded(method: Any) -> Any:
+    """Database failures surface as `ServiceUnavailable` (503), never as a 500."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except SQLAlchemyError as exc:
+            if isinstance(exc, IntegrityError):
+                raise
+            raise ServiceUnavailable("The job database is not reachable; try again shortly.") from exc
+
+    wrapper.__name__ = method.__name__
+    wrapper.__doc__ = method.__doc__
+    return wrapper
 
 
 class JobRepository:
-    """Every read and write of job rows. Database failures surface as `ServiceUnavailable`."""
+    """Every read and write of job rows."""
 
     def __init__(self, url: str) -> None:
         if url.startswith("sqlite:///"):
-            from pathlib import Path
-
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -87,47 +146,170 @@ class JobRepository:
     def _session(self) -> Session:
         return self._sessions()
 
-    def ping(self) -> None:
-        try:
-            with self.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-        except SQLAlchemyError as exc:
-            raise ServiceUnavailable("The job database is not reachable.") from exc
+    def dispose(self) -> None:
+        self.engine.dispose()
 
-    def insert(self, row: JobRow) -> JobRow:
+    @_guarded
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    # --- reads -------------------------------------------------------------------------------
+
+    @_guarded
+    def get(self, job_id: str) -> JobRow | None:
+        with self._session() as session:
+            return session.get(JobRow, job_id)
+
+    @_guarded
+    def by_idempotency_key(self, key: str) -> JobRow | None:
+        with self._session() as session:
+            return session.scalars(select(JobRow).where(JobRow.idempotency_key == key)).first()
+
+    @_guarded
+    def page(self, status: str | None, limit: int, after: tuple[datetime, str] | None) -> list[JobRow]:
+        """Newest first; `after` is the (created_at, id) of the last row of the previous page."""
+        query = select(JobRow).where(JobRow.deleted_at.is_(None))
+        if status is not None:
+            query = query.where(JobRow.status == status)
+        if after is not None:
+            created, job_id = after
+            query = query.where(
+                or_(JobRow.created_at < created, and_(JobRow.created_at == created, JobRow.id < job_id))
+            )
+        query = query.order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(limit)
+        with self._session() as session:
+            return list(session.scalars(query))
+
+    @_guarded
+    def count_queued(self) -> int:
+        with self._session() as session:
+            query = select(func.count()).select_from(JobRow).where(JobRow.status == "queued")
+            return int(session.scalar(query) or 0)
+
+    @_guarded
+    def claimable(self, now: datetime, limit: int) -> list[JobRow]:
+        """Queued jobs, and running jobs whose lease ran out (their worker died or gave up), oldest first."""
+        query = (
+            select(JobRow)
+            .where(JobRow.status.in_(UNFINISHED))
+            .where(or_(JobRow.lease_expires_at.is_(None), JobRow.lease_expires_at < now))
+            .order_by(JobRow.created_at)
+            .limit(limit)
+        )
+        with self._session() as session:
+            return list(session.scalars(query))
+
+    @_guarded
+    def cancel_requested(self, job_id: str) -> bool:
+        with self._session() as session:
+            row = session.get(JobRow, job_id)
+            return row is None or row.cancel_requested or row.status == "canceled"
+
+    # --- writes ------------------------------------------------------------------------------
+
+    @_guarded
+    def insert(self, row: JobRow) -> None:
+        """Insert a new job. Inserting the same job id again is a no-op (a retried call); another
+        job with the same idempotency key raises DuplicateIdempotencyKey."""
         try:
             with self._session() as session, session.begin():
                 session.add(row)
-        except SQLAlchemyError as exc:
-            raise ServiceUnavailable("The job database is not reachable.") from exc
-        return row
+        except IntegrityError as exc:
+            if self.get(row.id) is not None:
+                return
+            if row.idempotency_key is not None:
+                raise DuplicateIdempotencyKey(row.idempotency_key) from exc
+            raise
 
-    def get(self, job_id: str) -> JobRow | None:
-        try:
-            with self._session() as session:
-                return session.get(JobRow, job_id)
-        except SQLAlchemyError as exc:
-            raise ServiceUnavailable("The job database is not reachable.") from exc
-
-    def update(self, job_id: str, **fields: Any) -> None:
+    def _update(self, *where: Any, **fields: Any) -> bool:
         fields.setdefault("updated_at", utcnow())
-        try:
-            with self._session() as session, session.begin():
-                row = session.get(JobRow, job_id, with_for_update=True)
-                if row is None:
-                    raise KeyError(job_id)
-                if "progress" in fields:
-                    # The database enforces it too: progress a reader sees never goes backwards.
-                    fields["progress"] = max(row.progress, fields["progress"])
-                for name, value in fields.items():
-                    setattr(row, name, value)
-        except SQLAlchemyError as exc:
-            raise ServiceUnavailable("The job database is not reachable.") from exc
+        if "progress" in fields:
+            # Progress a reader sees never goes backwards, whoever writes.
+            new = fields["progress"]
+            fields["progress"] = case((JobRow.progress < new, new), else_=JobRow.progress)
+        with self.engine.begin() as conn:
+            result = conn.execute(update(JobRow).where(*where).values(**fields))
+            return bool(result.rowcount)
 
-    def unfinished(self) -> list[JobRow]:
+    @_guarded
+    def claim(self, job_id: str, seen_attempts: int, owner: str, lease_seconds: float) -> bool:
+        """Start attempt `seen_attempts + 1`; False if another worker got there first."""
+        now = utcnow()
+        return self._update(
+            JobRow.id == job_id,
+            JobRow.attempts == seen_attempts,
+            JobRow.status.in_(UNFINISHED),
+            or_(JobRow.lease_expires_at.is_(None), JobRow.lease_expires_at < now),
+            attempts=seen_attempts + 1,
+            status="running",
+            started_at=func.coalesce(JobRow.started_at, now),
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+        )
+
+    @_guarded
+    def renew(self, job_id: str, attempt: int, lease_seconds: float) -> bool:
+        return self._update(
+            JobRow.id == job_id,
+            JobRow.attempts == attempt,
+            JobRow.status.in_(UNFINISHED),
+            lease_expires_at=utcnow() + timedelta(seconds=lease_seconds),
+        )
+
+    @_guarded
+    def update_attempt(self, job_id: str, attempt: int, **fields: Any) -> bool:
+        """A worker's write: applies only while `attempt` is the job's current one and it is unfinished."""
+        return self._update(JobRow.id == job_id, JobRow.attempts == attempt, JobRow.status.in_(UNFINISHED), **fields)
+
+    @_guarded
+    def finish(self, job_id: str, attempt: int, status: JobStatus, **fields: Any) -> bool:
+        """The attempt's last write: succeeded, failed or canceled, if the job is still its own."""
+        return self._update(
+            JobRow.id == job_id, JobRow.attempts == attempt, JobRow.status.in_(allowed_from(status)),
+            status=status.value, finished_at=utcnow(), lease_owner=None, lease_expires_at=None, **fields,
+        )  # fmt: skip
+
+    @_guarded
+    def release(self, job_id: str, attempt: int, error: str, backoff_seconds: float) -> bool:
+        """Give the job back for another attempt after a pause (status and progress stay as they are)."""
+        return self.update_attempt(
+            job_id, attempt, lease_owner=None, lease_expires_at=utcnow() + timedelta(seconds=backoff_seconds),
+            last_error=error,
+        )  # fmt: skip
+
+    @_guarded
+    def cancel(self, job_id: str) -> None:
+        """Queued: canceled at once. Running: flagged; its worker stops at the next checkpoint."""
+        now = utcnow()
+        self._update(
+            JobRow.id == job_id, JobRow.status == "queued", JobRow.lease_owner.is_(None),
+            status="canceled", stage="done", finished_at=now, error="Canceled by the client.",
+        )  # fmt: skip
+        self._update(JobRow.id == job_id, JobRow.status == "running", cancel_requested=True)
+
+    @_guarded
+    def fail_exhausted(self, job_id: str, seen_attempts: int, error: str) -> bool:
+        return self._update(
+            JobRow.id == job_id, JobRow.attempts == seen_attempts, JobRow.status.in_(allowed_from(JobStatus.FAILED)),
+            status="failed", error=error, finished_at=utcnow(), lease_owner=None, lease_expires_at=None,
+        )  # fmt: skip
+
+    @_guarded
+    def mark_deleted(self, job_id: str) -> None:
+        self._update(JobRow.id == job_id, deleted_at=utcnow())
+
+    @_guarded
+    def expirable(self, finished_before: datetime) -> list[str]:
+        query = select(JobRow.id).where(
+            JobRow.status.in_(("succeeded", "failed", "canceled")),
+            JobRow.finished_at < finished_before,
+            JobRow.expired_at.is_(None),
+            JobRow.deleted_at.is_(None),
+        )
         with self._session() as session:
-            query = select(JobRow).where(JobRow.status.in_(("queued", "running"))).order_by(JobRow.created_at)
             return list(session.scalars(query))
 
-    def dispose(self) -> None:
-        self.engine.dispose()
+    @_guarded
+    def mark_expired(self, job_id: str) -> None:
+        self._update(JobRow.id == job_id, expired_at=utcnow())

@@ -39,6 +39,22 @@ class ResultNotFound(StemscribeError):
     pass
 
 
+class JobGone(StemscribeError):
+    """The job was deleted, or its files expired."""
+
+
+class IdempotencyKeyReused(BadInput):
+    """The same Idempotency-Key came with a different upload or options."""
+
+
+class QueueFull(StemscribeError):
+    pass
+
+
+class InvalidCursor(BadInput):
+    pass
+
+
 class ResultNotReady(StemscribeError):
     pass
 

@@ -1,12 +1,13 @@
-"""One job, stage by stage: stems from the separation deployment, notes from the transcription
-deployment, then the MIDI and JSON a client downloads. Runs inside the job tracker."""
+"""One attempt at a job, stage by stage: stems from the separation deployment, notes from the
+transcription deployment, then the MIDI and JSON a client downloads. Runs inside the job tracker.
+
+Work already in storage from an earlier attempt is reused: stems once separated, notes per stem."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from serve_app.domain.jobs import Stage
@@ -16,11 +17,9 @@ from serve_app.domain.storage import JobKeys, StorageBackend
 
 logger = logging.getLogger(__name__)
 
-StageReporter = Callable[[str, Stage, float], Awaitable[None]]
-
 
 class _Method(Protocol):
-    def remote(self, *args: Any, **kwargs: Any) -> Awaitable[Any]: ...
+    def remote(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
 class SeparationHandle(Protocol):
@@ -31,41 +30,61 @@ class TranscriptionHandle(Protocol):
     transcribe_stem: _Method
 
 
+class AttemptContext(Protocol):
+    """What the pipeline needs from the attempt that runs it."""
+
+    known_stems: list[str] | None
+
+    async def report(self, stage: Stage, fraction: float) -> None: ...
+
+    async def checkpoint(self) -> None:
+        """Raise JobCanceled if the job was canceled (or handed to another attempt)."""
+
+    async def stems_separated(self, stems: list[str]) -> None: ...
+
+
 class JobPipeline:
     def __init__(
-        self,
-        storage: StorageBackend,
-        separation: SeparationHandle,
-        transcription: TranscriptionHandle,
-        report: StageReporter,
+        self, storage: StorageBackend, separation: SeparationHandle, transcription: TranscriptionHandle
     ) -> None:
         self.storage = storage
         self.separation = separation
         self.transcription = transcription
-        self.report = report
 
-    async def run(self, job_id: str, options: JobOptions) -> list[str]:
-        """Run every stage; returns the names of the job's results."""
-        # Decoding and separating both happen on the separation replica, which reports both stages.
-        await self.report(job_id, Stage.DECODING, 0.0)
-        stems: list[str] = await self.separation.prepare_stems.remote(job_id, options.separation.value)
+    async def run(self, job_id: str, options: JobOptions, ctx: AttemptContext) -> list[str]:
+        """Run every stage not yet done; returns the names of the job's results."""
+        keys = JobKeys(job_id)
+        stems = ctx.known_stems
+        if stems is None or not await asyncio.to_thread(self._all_exist, [keys.stem(s) for s in stems]):
+            await ctx.checkpoint()
+            # Decoding and separating both happen on the separation replica, which reports both stages.
+            await ctx.report(Stage.DECODING, 0.0)
+            stems = list(await self.separation.prepare_stems.remote(job_id, options.separation.value))
+            await ctx.stems_separated(stems)
 
         pitched = [stem for stem in stems if is_pitched(stem)]
-        await self.report(job_id, Stage.TRANSCRIBING, 0.0)
+        await ctx.checkpoint()
+        await ctx.report(Stage.TRANSCRIBING, 0.0)
         done = 0
 
         async def transcribe(stem: str) -> None:
             nonlocal done
-            await self.transcription.transcribe_stem.remote(job_id, stem, options.notes.model_dump())
+            if not await asyncio.to_thread(self.storage.exists, keys.stem_notes(stem)):
+                await ctx.checkpoint()
+                await self.transcription.transcribe_stem.remote(job_id, stem, options.notes.model_dump())
             done += 1
-            await self.report(job_id, Stage.TRANSCRIBING, done / len(pitched))
+            await ctx.report(Stage.TRANSCRIBING, done / len(pitched))
 
         # Stems go out together so that several transcription replicas can share them.
         await asyncio.gather(*(transcribe(stem) for stem in pitched))
 
-        await self.report(job_id, Stage.PACKAGING, 0.0)
+        await ctx.checkpoint()
+        await ctx.report(Stage.PACKAGING, 0.0)
         await asyncio.to_thread(self._package, job_id, pitched)
         return result_names(stems, pitched)
+
+    def _all_exist(self, keys: list[str]) -> bool:
+        return all(self.storage.exists(key) for key in keys)
 
     def _package(self, job_id: str, pitched: list[str]) -> None:
         keys = JobKeys(job_id)

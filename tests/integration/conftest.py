@@ -21,6 +21,7 @@ from ray import serve
 
 from deployments.demucs_models import DEFAULT_TEST_MODEL, write_random_htdemucs
 from serve_app.app import build_app
+from serve_app.settings import Settings
 
 APP_NAME = "stemscribe"
 POSTGRES_URL = os.environ.get("STEMSCRIBE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -117,3 +118,9 @@ def deploy(serve_url: str, **settings: Any) -> Service:
 def undeploy(service: Service) -> None:
     service.client.close()
     serve.delete(APP_NAME)
+    # The tracker is detached (it outlives the application on purpose); end it with the test's settings.
+    settings = Settings(**service.settings)
+    try:
+        ray.kill(ray.get_actor(settings.tracker_actor_name, namespace=settings.ray_namespace), no_restart=True)
+    except ValueError:
+        pass
