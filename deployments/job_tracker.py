@@ -16,7 +16,14 @@ from typing import Any
 import ray
 
 from serve_app.domain.db import DuplicateIdempotencyKey, JobRepository, JobRow, utcnow
-from serve_app.domain.errors import BadInput, JobCanceled, ModelUnavailable, StemscribeError, unwrap
+from serve_app.domain.errors import (
+    BadInput,
+    JobCanceled,
+    ModelUnavailable,
+    ServiceUnavailable,
+    StemscribeError,
+    unwrap,
+)
 from serve_app.domain.jobs import JobStatus, Stage, advance, overall_progress
 from serve_app.domain.options import JobOptions
 from serve_app.domain.pipeline import JobPipeline, SeparationHandle, TranscriptionHandle
@@ -52,8 +59,12 @@ class _Attempt:
 
     async def _write(self, **fields: Any) -> None:
         repo = self.tracker.repo
-        if not await asyncio.to_thread(repo.update_attempt, self.job_id, self.number, **fields):
-            self.lost = True  # canceled, or handed to a newer attempt: stop at the next checkpoint
+        try:
+            if not await asyncio.to_thread(repo.update_attempt, self.job_id, self.number, **fields):
+                self.lost = True  # canceled, or handed to a newer attempt: stop at the next checkpoint
+        except ServiceUnavailable:
+            # Progress is advisory; the work goes on while the database is away.
+            logger.warning("job %s: progress not recorded, the database is away", self.job_id)
 
     async def report(self, stage: Stage, fraction: float) -> None:
         fields: dict[str, Any] = {}
@@ -152,11 +163,24 @@ class JobTracker:
             except TimeoutError:
                 pass
 
+    async def _pipeline_available(self) -> bool:
+        """Whether the model deployments answer; while they do not (a redeploy, say), jobs wait in the
+        queue instead of spending their attempts."""
+        try:
+            await asyncio.wait_for(self.pipeline.separation.status.remote(), timeout=5)  # type: ignore[attr-defined]
+            await asyncio.wait_for(self.pipeline.transcription.status.remote(), timeout=5)  # type: ignore[attr-defined]
+        except Exception:
+            logger.info("model deployments are not answering; jobs wait")
+            return False
+        return True
+
     async def _claim(self) -> None:
         free = self.settings.max_concurrent_jobs - len(self._tasks)
         if free <= 0:
             return
         rows = await asyncio.to_thread(self.repo.claimable, utcnow(), free + len(self._tasks))
+        if not [row for row in rows if row.id not in self._tasks] or not await self._pipeline_available():
+            return
         for row in rows:
             if free <= 0:
                 break
@@ -204,7 +228,11 @@ class JobTracker:
             await self._finish(attempt, JobStatus.SUCCEEDED, stage=Stage.DONE.value, progress=100.0, results=results)
             logger.info("job %s succeeded", job_id)
         except Exception as exc:
-            await self._failed(attempt, exc)
+            try:
+                await self._failed(attempt, exc)
+            except Exception:
+                # Nothing could be recorded (database away?): the lease runs out and the job is taken up again.
+                logger.warning("job %s: could not record the end of attempt %d", job_id, attempt.number, exc_info=True)
         finally:
             heartbeat.cancel()
             self._tasks.pop(job_id, None)
