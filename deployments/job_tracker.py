@@ -253,6 +253,10 @@ class JobTracker:
         if isinstance(cause, JobCanceled):
             if not attempt.lost or await asyncio.to_thread(self.repo.cancel_requested, job_id):
                 await self._finish(attempt, JobStatus.CANCELED, error="Canceled by the client.")
+            row = await asyncio.to_thread(self.repo.get, job_id)
+            if row is not None and row.deleted_at is not None:
+                # Deleted while it ran: files the worker wrote after the delete go too.
+                await asyncio.to_thread(self.storage.delete_prefix, JobKeys(job_id).prefix)
             logger.info("job %s stopped while %s", job_id, stage)
             return
         error = _user_error(exc)

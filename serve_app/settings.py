@@ -55,7 +55,6 @@ class Settings(BaseSettings):
     retry_after_seconds: int = Field(default=2, ge=1, description="Retry-After for polls and 503s")
     retention_seconds: float = Field(default=7 * 24 * 3600, gt=0)
     cleanup_interval_seconds: float = Field(default=600, gt=0)
-    idempotency_seconds: float = Field(default=24 * 3600, gt=0)
     # Fault injection for resilience tests: a replica that finds this text in an upload kills itself.
     fault_crash_marker: str | None = None
 

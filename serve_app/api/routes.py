@@ -80,7 +80,7 @@ def _view(request: Request, row: JobRow) -> JobView:
         options=row.options, upload_name=row.upload_name, duration_seconds=row.duration_seconds,
         created_at=as_utc(row.created_at), updated_at=as_utc(row.updated_at), started_at=as_utc(row.started_at),
         finished_at=as_utc(row.finished_at), error=row.error, stage_seconds=row.stage_seconds or {},
-        attempts=row.attempts, results=links,
+        attempts=row.attempts, expired_at=as_utc(row.expired_at), results=links,
     )  # fmt: skip
 
 

@@ -35,6 +35,7 @@ class JobView(BaseModel):
     error: str | None
     stage_seconds: dict[str, float]
     attempts: int
+    expired_at: datetime | None = Field(description="When retention removed the upload and results")
     results: list[ResultLink]
 
 
