@@ -45,7 +45,8 @@ def transcription_options(settings: Settings) -> dict[str, Any]:
 
 
 def ingress_options(settings: Settings) -> dict[str, Any]:
-    # One ingress replica owns the job tracker actor (see deployments/job_tracker.py).
+    # The ingress only parses, validates and stores uploads; scale it with `num_replicas` in the YAML.
+    # Every replica finds the same detached job tracker by name.
     return {"name": "Ingress", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25}}
 
 
