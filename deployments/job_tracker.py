@@ -15,6 +15,7 @@ from typing import Any
 
 import ray
 
+from serve_app.domain.api_keys import ApiKeys
 from serve_app.domain.db import DuplicateIdempotencyKey, JobRepository, JobRow, utcnow
 from serve_app.domain.errors import (
     BadInput,
@@ -98,6 +99,7 @@ class JobTracker:
         self.settings = settings
         self.repo = JobRepository(settings.database_url)
         self.repo.migrate()
+        ApiKeys(self.repo).seed(settings.seeded_api_keys)
         self.storage = storage_from_settings(settings)
         self.pipeline = JobPipeline(self.storage, separation, transcription)
         self.owner = f"tracker-{uuid.uuid4().hex[:12]}"

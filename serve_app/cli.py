@@ -6,6 +6,10 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from serve_app.domain.api_keys import ApiKeys
 
 logger = logging.getLogger("stemscribe")
 
@@ -22,8 +26,42 @@ def _make_test_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys() -> ApiKeys:
+    from serve_app.domain.api_keys import ApiKeys
+    from serve_app.domain.db import JobRepository
+    from serve_app.settings import Settings
+
+    repo = JobRepository(Settings().database_url)
+    repo.migrate()
+    return ApiKeys(repo)
+
+
+def _create_key(args: argparse.Namespace) -> int:
+    row, key = _keys().create(args.name)
+    # The key itself goes to stdout, once; it is not stored anywhere and cannot be shown again.
+    sys.stdout.write(f"{key}\n")
+    logger.info("created key %s (%s…) named %r; keep it now, it cannot be shown again", row.id, row.prefix, row.name)
+    return 0
+
+
+def _list_keys(args: argparse.Namespace) -> int:
+    for row in _keys().repo.keys():
+        state = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "active"
+        sys.stdout.write(f"{row.id}  {row.prefix}…  {state:<24}  {row.name}\n")
+    return 0
+
+
+def _revoke_key(args: argparse.Namespace) -> int:
+    if _keys().repo.revoke_key(args.key_id):
+        logger.info("revoked key %s", args.key_id)
+        return 0
+    logger.error("no active key with id %s", args.key_id)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     parser = argparse.ArgumentParser(prog="stemscribe", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     make = commands.add_parser(
@@ -34,6 +72,17 @@ def main(argv: list[str] | None = None) -> int:
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("--full-size", action="store_true", help="the pretrained htdemucs' architecture (slow)")
     make.set_defaults(handler=_make_test_model)
+
+    keys = commands.add_parser("keys", help="API keys in the database named by DATABASE_URL").add_subparsers(
+        dest="keys_command", required=True
+    )
+    create = keys.add_parser("create", help="create a key and print it (once)")
+    create.add_argument("name", help="who or what the key is for")
+    create.set_defaults(handler=_create_key)
+    keys.add_parser("list", help="list keys (never the keys themselves)").set_defaults(handler=_list_keys)
+    revoke = keys.add_parser("revoke", help="revoke a key by its id")
+    revoke.add_argument("key_id")
+    revoke.set_defaults(handler=_revoke_key)
     args = parser.parse_args(argv)
     return int(args.handler(args))
 

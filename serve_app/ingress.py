@@ -32,6 +32,11 @@ class Ingress:
         self.repo = JobRepository(settings.database_url)
         self.storage = storage_from_settings(settings)
         logger.info("ingress ready: database %s, storage %s", self.repo.engine.dialect.name, settings.storage_backend)
+        if not settings.auth_required:
+            logger.warning(
+                "AUTHENTICATION IS OFF: anyone who reaches this service can upload and read every job. "
+                "Set auth_required: true (STEMSCRIBE_AUTH_REQUIRED=1) before exposing it."
+            )
 
     async def check_health(self) -> None:
         # Serve calls this every few seconds: it also restarts the tracker's loops if Ray restarted it.

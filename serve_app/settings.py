@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     demucs_model_dir: Path | None = None
     demucs_device: Literal["auto", "cpu", "cuda"] = "auto"
 
+    # Security: requests carry X-API-Key unless auth_required is off (laptop config only).
+    auth_required: bool = True
+    api_keys: SecretStr = Field(default=SecretStr(""), description="Comma-separated keys to seed")
+    max_active_jobs_per_key: int = Field(default=10, ge=1, description="queued + running jobs per key")
+    max_uploads_per_minute: int = Field(default=30, ge=1, description="uploads per key per minute")
+
     tracker_name: str = "stemscribe-job-tracker"
     ray_namespace: str = "stemscribe"
 
@@ -86,6 +92,10 @@ class Settings(BaseSettings):
         if self.storage_backend == "s3" and not self.s3_bucket:
             raise ValueError("storage_backend 's3' needs s3_bucket (STEMSCRIBE_S3_BUCKET)")
         return self
+
+    @property
+    def seeded_api_keys(self) -> list[str]:
+        return [key.strip() for key in self.api_keys.get_secret_value().split(",") if key.strip()]
 
     @property
     def tracker_actor_name(self) -> str:

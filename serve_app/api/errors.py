@@ -26,6 +26,8 @@ ERROR_MAP: list[tuple[type[errors.StemscribeError], int, str]] = [
     (errors.IdempotencyKeyReused, 422, "idempotency_key_reused"),
     (errors.InvalidCursor, 422, "invalid_cursor"),
     (errors.QueueFull, 503, "queue_full"),
+    (errors.Unauthorized, 401, "unauthorized"),
+    (errors.RateLimited, 429, "rate_limited"),
     (errors.ResultNotReady, 409, "result_not_ready"),
     (errors.ModelUnavailable, 503, "model_unavailable"),
     (errors.ServiceUnavailable, 503, "service_unavailable"),
@@ -62,6 +64,8 @@ def install_error_handlers(app: FastAPI, retry_after_seconds: int) -> None:
             if isinstance(exc, cls):
                 # Every 503 here is temporary: tell clients when to come back.
                 headers = {"Retry-After": str(retry_after_seconds)} if status == 503 else None
+                if isinstance(exc, errors.RateLimited):
+                    headers = {"Retry-After": str(exc.retry_after_seconds)}
                 return problem(status, code, exc.message, headers)
         logger.error("unmapped error: %s", exc.message)
         return problem(500, "internal_error", "Internal error.")

@@ -7,7 +7,7 @@ import base64
 import hashlib
 import re
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, File, Form, Header, Query, Request, Response, UploadFile
@@ -18,15 +18,16 @@ from pydantic import ValidationError
 from serve_app.api.errors import install_error_handlers
 from serve_app.api.limits import UploadSizeLimit
 from serve_app.api.schemas import ComponentHealth, Health, JobAccepted, JobList, JobView, Problem, ResultLink
-from serve_app.api.services import Services, ServicesDep
+from serve_app.api.services import OwnerDep, Services, ServicesDep
 from serve_app.api.uploads import display_name, store_upload
-from serve_app.domain.db import JobRow, as_utc
+from serve_app.domain.db import JobRow, as_utc, utcnow
 from serve_app.domain.errors import (
     IdempotencyKeyReused,
     InvalidCursor,
     JobGone,
     JobNotFound,
     QueueFull,
+    RateLimited,
     ResultNotFound,
     ResultNotReady,
     ServiceUnavailable,
@@ -47,9 +48,10 @@ _PROBLEMS: dict[int | str, dict[str, Any]] = {
 _MULTIPART_ALLOWANCE = 64 * 1024
 
 
-async def _job(services: Services, job_id: str) -> JobRow:
+async def _job(services: Services, job_id: str, owner: str | None) -> JobRow:
     row = await asyncio.to_thread(services.repo.get, job_id) if _JOB_ID.match(job_id) else None
-    if row is None:
+    # Another key's job is answered exactly like a job that does not exist.
+    if row is None or row.owner != owner:
         raise JobNotFound(f"There is no job {job_id}.")
     if row.deleted_at is not None:
         raise JobGone(f"Job {job_id} was deleted.")
@@ -97,6 +99,7 @@ def build_router(settings: Settings) -> APIRouter:
         request: Request,
         response: Response,
         services: ServicesDep,
+        owner: OwnerDep,
         file: Annotated[UploadFile, File(description="The audio: WAV, FLAC, MP3, Ogg/Opus or M4A/AAC")],
         separation: Annotated[SeparationMode, Form()] = SeparationMode.DEMUCS,
         onset_threshold: Annotated[float | None, Form()] = None,
@@ -115,6 +118,8 @@ def build_router(settings: Settings) -> APIRouter:
         except ValidationError as exc:
             raise RequestValidationError(exc.errors()) from exc
         options = JobOptions(separation=separation, notes=notes)
+        if owner is not None:
+            await _check_limits(services, owner)
         if idempotency_key is None and await asyncio.to_thread(services.repo.count_queued) >= (
             services.settings.max_queue_depth
         ):
@@ -128,8 +133,9 @@ def build_router(settings: Settings) -> APIRouter:
                     "id": job_id, "options": options.model_dump(mode="json"),
                     "upload_name": display_name(file.filename), "upload_bytes": upload.size,
                     "duration_seconds": upload.info.duration_seconds, "sample_rate": upload.info.sample_rate,
-                    "channels": upload.info.channels, "idempotency_key": idempotency_key,
-                    "request_hash": request_hash,
+                    "channels": upload.info.channels, "request_hash": request_hash, "owner": owner,
+                    # Keys are per caller: two clients may pick the same key.
+                    "idempotency_key": None if idempotency_key is None else f"{owner or '-'}:{idempotency_key}",
                 }
             )  # fmt: skip
         except Exception as exc:
@@ -143,7 +149,7 @@ def build_router(settings: Settings) -> APIRouter:
             # The key was used before: that job is the answer, if it was the same request.
             await asyncio.to_thread(services.storage.delete_prefix, JobKeys(job_id).prefix)
             first = await asyncio.to_thread(services.repo.get, accepted_id)
-            if first is None or first.request_hash != request_hash:
+            if first is None or first.owner != owner or first.request_hash != request_hash:
                 raise IdempotencyKeyReused(
                     "This Idempotency-Key was used for a different upload or options; use a new key."
                 )
@@ -154,12 +160,13 @@ def build_router(settings: Settings) -> APIRouter:
     async def list_jobs(
         request: Request,
         services: ServicesDep,
+        owner: OwnerDep,
         status: JobStatus | None = None,
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
         cursor: str | None = None,
     ) -> JobList:
         after = _decode_cursor(cursor) if cursor else None
-        rows = await asyncio.to_thread(services.repo.page, status.value if status else None, limit + 1, after)
+        rows = await asyncio.to_thread(services.repo.page, owner, status.value if status else None, limit + 1, after)
         more = len(rows) > limit
         rows = rows[:limit]
         return JobList(
@@ -167,23 +174,25 @@ def build_router(settings: Settings) -> APIRouter:
         )
 
     @router.get("/jobs/{job_id}", response_model=JobView, summary="A job's status, progress and results")
-    async def get_job(request: Request, response: Response, job_id: str, services: ServicesDep) -> JobView:
-        row = await _job(services, job_id)
+    async def get_job(
+        request: Request, response: Response, job_id: str, services: ServicesDep, owner: OwnerDep
+    ) -> JobView:
+        row = await _job(services, job_id, owner)
         if not JobStatus(row.status).is_final:
             response.headers["Retry-After"] = str(services.settings.retry_after_seconds)
         return _view(request, row)
 
     @router.post("/jobs/{job_id}/cancel", response_model=JobView, summary="Cancel a queued or running job")
-    async def cancel_job(request: Request, job_id: str, services: ServicesDep) -> JobView:
-        row = await _job(services, job_id)
+    async def cancel_job(request: Request, job_id: str, services: ServicesDep, owner: OwnerDep) -> JobView:
+        row = await _job(services, job_id, owner)
         if not JobStatus(row.status).is_final:
             await _tracker_call(services.tracker.cancel.remote(job_id))
-            row = await _job(services, job_id)
+            row = await _job(services, job_id, owner)
         return _view(request, row)
 
     @router.delete("/jobs/{job_id}", status_code=204, summary="Cancel if needed, then delete the upload and results")
-    async def delete_job(job_id: str, services: ServicesDep) -> Response:
-        row = await _job(services, job_id)
+    async def delete_job(job_id: str, services: ServicesDep, owner: OwnerDep) -> Response:
+        row = await _job(services, job_id, owner)
         if not JobStatus(row.status).is_final:
             await _tracker_call(services.tracker.cancel.remote(job_id))
         await asyncio.to_thread(services.repo.mark_deleted, job_id)
@@ -195,8 +204,8 @@ def build_router(settings: Settings) -> APIRouter:
         summary="Download one result: transcription.mid, notes.json, midi/<stem>.mid, stems/<stem>.wav",
         response_class=StreamingResponse,
     )
-    async def get_result(job_id: str, name: str, services: ServicesDep) -> StreamingResponse:
-        row = await _job(services, job_id)
+    async def get_result(job_id: str, name: str, services: ServicesDep, owner: OwnerDep) -> StreamingResponse:
+        row = await _job(services, job_id, owner)
         if row.expired_at is not None:
             raise JobGone(f"The results of job {job_id} expired and were removed.")
         if row.status != JobStatus.SUCCEEDED:
@@ -232,6 +241,23 @@ def build_router(settings: Settings) -> APIRouter:
         return report
 
     return router
+
+
+async def _check_limits(services: Services, owner: str) -> None:
+    settings = services.settings
+    active = await asyncio.to_thread(services.repo.count_active, owner)
+    if active >= settings.max_active_jobs_per_key:
+        raise RateLimited(
+            f"This key already has {active} jobs queued or running (the limit is "
+            f"{settings.max_active_jobs_per_key}); wait for one to finish.",
+            retry_after_seconds=settings.retry_after_seconds * 5,
+        )
+    recent = await asyncio.to_thread(services.repo.count_created_since, owner, utcnow() - timedelta(minutes=1))
+    if recent >= settings.max_uploads_per_minute:
+        raise RateLimited(
+            f"This key uploaded {recent} songs in the last minute (the limit is {settings.max_uploads_per_minute}).",
+            retry_after_seconds=60,
+        )
 
 
 async def _tracker_call(call: Any) -> Any:

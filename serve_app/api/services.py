@@ -5,8 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+import asyncio
 
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
+
+from serve_app.domain.api_keys import ApiKeys
 from serve_app.domain.db import JobRepository
 from serve_app.domain.storage import StorageBackend
 from serve_app.settings import Settings
@@ -21,9 +25,26 @@ class Services:
     separation: Any  # DeploymentHandle of deployments.separation.Separation
     transcription: Any  # DeploymentHandle of deployments.transcription.Transcription
 
+    @property
+    def keys(self) -> ApiKeys:
+        return ApiKeys(self.repo)
+
 
 def get_services(request: Request) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Your stemscribe API key")
+
+
+async def get_owner(services: ServicesDep, key: Annotated[str | None, Security(_api_key_header)]) -> str | None:
+    """The id of the caller's API key; None when authentication is off."""
+    if not services.settings.auth_required:
+        return None
+    return await asyncio.to_thread(services.keys.authenticate, key)
+
+
+OwnerDep = Annotated[str | None, Depends(get_owner)]

@@ -85,6 +85,19 @@ class JobRow(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Ownership (revision 0003): the API key that made the job; None when authentication is off.
+    owner: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+
+
+class ApiKeyRow(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class DuplicateIdempotencyKey(Exception):
@@ -167,9 +180,12 @@ class JobRepository:
             return session.scalars(select(JobRow).where(JobRow.idempotency_key == key)).first()
 
     @_guarded
-    def page(self, status: str | None, limit: int, after: tuple[datetime, str] | None) -> list[JobRow]:
-        """Newest first; `after` is the (created_at, id) of the last row of the previous page."""
-        query = select(JobRow).where(JobRow.deleted_at.is_(None))
+    def page(
+        self, owner: str | None, status: str | None, limit: int, after: tuple[datetime, str] | None
+    ) -> list[JobRow]:
+        """One owner's jobs, newest first; `after` is the (created_at, id) of the previous page's last row."""
+        owned = JobRow.owner.is_(None) if owner is None else JobRow.owner == owner
+        query = select(JobRow).where(JobRow.deleted_at.is_(None), owned)
         if status is not None:
             query = query.where(JobRow.status == status)
         if after is not None:
@@ -186,6 +202,49 @@ class JobRepository:
         with self._session() as session:
             query = select(func.count()).select_from(JobRow).where(JobRow.status == "queued")
             return int(session.scalar(query) or 0)
+
+    @_guarded
+    def count_active(self, owner: str) -> int:
+        """Jobs of one owner that are queued or running."""
+        with self._session() as session:
+            query = select(func.count()).select_from(JobRow).where(JobRow.owner == owner, JobRow.status.in_(UNFINISHED))
+            return int(session.scalar(query) or 0)
+
+    @_guarded
+    def count_created_since(self, owner: str, since: datetime) -> int:
+        with self._session() as session:
+            query = select(func.count()).select_from(JobRow).where(JobRow.owner == owner, JobRow.created_at >= since)
+            return int(session.scalar(query) or 0)
+
+    # --- API keys ----------------------------------------------------------------------------
+
+    @_guarded
+    def add_key(self, row: ApiKeyRow) -> bool:
+        """False when a key with the same hash exists already."""
+        try:
+            with self._session() as session, session.begin():
+                session.add(row)
+        except IntegrityError:
+            return False
+        return True
+
+    @_guarded
+    def key_by_hash(self, key_hash: str) -> ApiKeyRow | None:
+        with self._session() as session:
+            return session.scalars(select(ApiKeyRow).where(ApiKeyRow.key_hash == key_hash)).first()
+
+    @_guarded
+    def keys(self) -> list[ApiKeyRow]:
+        with self._session() as session:
+            return list(session.scalars(select(ApiKeyRow).order_by(ApiKeyRow.created_at)))
+
+    @_guarded
+    def revoke_key(self, key_id: str) -> bool:
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(ApiKeyRow).where(ApiKeyRow.id == key_id, ApiKeyRow.revoked_at.is_(None)).values(revoked_at=utcnow())
+            )
+            return bool(result.rowcount)
 
     @_guarded
     def claimable(self, now: datetime, limit: int) -> list[JobRow]:

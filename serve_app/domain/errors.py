@@ -51,6 +51,19 @@ class QueueFull(StemscribeError):
     pass
 
 
+class Unauthorized(StemscribeError):
+    """No API key, an unknown one or a revoked one."""
+
+
+class RateLimited(StemscribeError):
+    def __init__(self, message: str, retry_after_seconds: int) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.message, self.retry_after_seconds))
+
+
 class InvalidCursor(BadInput):
     pass
 

@@ -85,11 +85,14 @@ class Service:
             return self.client.post("/api/v1/transcribe", files={"file": (path.name, fh)}, data=form)
 
     def wait(self, job_id: str, timeout: float = 300) -> dict[str, Any]:
+        return self.wait_with(job_id, {}, timeout)
+
+    def wait_with(self, job_id: str, headers: dict[str, str], timeout: float = 300) -> dict[str, Any]:
         """Poll until the job is final, recording every progress value seen on the way."""
         deadline = time.monotonic() + timeout
         seen = self.seen_progress.setdefault(job_id, [])
         while time.monotonic() < deadline:
-            job = self.client.get(f"/api/v1/jobs/{job_id}").json()
+            job = self.client.get(f"/api/v1/jobs/{job_id}", headers=headers).json()
             seen.append(job["progress"])
             if job["status"] in FINAL:
                 return job
@@ -104,6 +107,7 @@ class Service:
 
 
 def deploy(serve_url: str, **settings: Any) -> Service:
+    settings.setdefault("auth_required", False)  # tests/integration/test_security.py turns it on
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
     client = httpx.Client(base_url=serve_url, timeout=120)
     deadline = time.monotonic() + 180

@@ -79,6 +79,18 @@ def test_cancel_a_running_separation_frees_the_slot_for_the_next_job(
     assert again.status_code == 200 and again.json()["status"] == "succeeded"
 
 
+def test_cancel_while_transcribing_stops_before_packaging(service: Service, song: Path, long_song: Path) -> None:
+    running = service.submit(long_song, separation="demucs").json()["job_id"]
+    waiting = service.submit(song, separation="none").json()["job_id"]
+    assert _wait_for(service, running, "transcribing", timeout=120)["status"] == "running"
+    started = time.monotonic()
+    service.client.post(f"/api/v1/jobs/{running}/cancel")
+    job = service.wait(running, timeout=30)
+    assert job["status"] == "canceled" and time.monotonic() - started < 30
+    assert job["results"] == []
+    assert service.wait(waiting)["status"] == "succeeded"
+
+
 def test_cancel_a_queued_job_is_immediate(service: Service, song: Path, long_song: Path) -> None:
     blocker = service.submit(long_song, separation="demucs").json()["job_id"]
     queued = service.submit(song, separation="none").json()["job_id"]

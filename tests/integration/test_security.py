@@ -1,0 +1,113 @@
+"""API keys: 401 without a valid one, one key never sees another's jobs, per-key limits answer 429."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deployments.demucs_models import DEFAULT_TEST_MODEL
+from tests.audio_files import encode, tone
+from tests.integration.conftest import Service, deploy, undeploy
+
+pytestmark = pytest.mark.integration
+
+SEEDED = "ssk_seeded-test-key-0123456789abcdef"
+MAX_ACTIVE = 2
+MAX_PER_MINUTE = 6
+
+
+@pytest.fixture(scope="module")
+def service(serve_url: str, model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    svc = deploy(
+        serve_url, data_dir=str(tmp_path_factory.mktemp("data-security")), demucs_model_dir=str(model_dir),
+        demucs_model=DEFAULT_TEST_MODEL, auth_required=True, api_keys=SEEDED, max_active_jobs_per_key=MAX_ACTIVE,
+        max_uploads_per_minute=MAX_PER_MINUTE,
+    )  # fmt: skip
+    yield svc
+    undeploy(svc)
+
+
+def _cli(service: Service, *args: str) -> str:
+    database = f"sqlite:///{Path(service.settings['data_dir']) / 'stemscribe.db'}"
+    done = subprocess.run(
+        [sys.executable, "-m", "serve_app.cli", "keys", *args],
+        env={"DATABASE_URL": database, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def song(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return encode(tmp_path_factory.mktemp("a") / "s.wav", tone(2.0, channels=1), 22050, "wav")
+
+
+def _post(service: Service, song: Path, key: str | None, **form: str) -> httpx.Response:
+    headers = {"X-API-Key": key} if key else {}
+    with open(song, "rb") as fh:
+        return service.client.post("/api/v1/transcribe", files={"file": ("s.wav", fh)}, data=form, headers=headers)
+
+
+def test_missing_unknown_and_revoked_keys_get_401(service: Service, song: Path) -> None:
+    for key in (None, "ssk_not-a-key"):
+        response = _post(service, song, key, separation="none")
+        assert response.status_code == 401 and response.json()["code"] == "unauthorized"
+        assert service.client.get("/api/v1/jobs", headers={"X-API-Key": key} if key else {}).status_code == 401
+    key = _cli(service, "create", "short-lived").strip()
+    assert _post(service, song, key, separation="none").status_code == 202
+    (line,) = [row for row in _cli(service, "list").splitlines() if "short-lived" in row]
+    assert key not in line  # listing never shows the key itself
+    _cli(service, "revoke", line.split()[0])
+    response = _post(service, song, key, separation="none")
+    assert response.status_code == 401 and "revoked" in response.json()["detail"]
+
+
+def test_one_key_never_sees_another_keys_job_on_any_route(service: Service, song: Path) -> None:
+    alice = {"X-API-Key": SEEDED}
+    bob = {"X-API-Key": _cli(service, "create", "bob").strip()}
+    job_id = _post(service, song, SEEDED, separation="none").json()["job_id"]
+    job = service.wait_with(job_id, alice)
+    assert job["status"] == "succeeded"
+    routes = [("GET", f"/api/v1/jobs/{job_id}"), ("POST", f"/api/v1/jobs/{job_id}/cancel")]
+    routes += [("GET", f"/api/v1/jobs/{job_id}/results/{r['name']}") for r in job["results"]]
+    routes += [("DELETE", f"/api/v1/jobs/{job_id}")]  # last: the owner's walk ends by deleting it
+    for method, path in routes:
+        response = service.client.request(method, path, headers=bob)
+        assert response.status_code == 404, (method, path)
+        assert response.json()["code"] == "job_not_found"
+    assert job_id not in {j["job_id"] for j in service.client.get("/api/v1/jobs", headers=bob).json()["jobs"]}
+    # ...and the owner still has it all.
+    assert job_id in {j["job_id"] for j in service.client.get("/api/v1/jobs", headers=alice).json()["jobs"]}
+    for method, path in routes:
+        assert service.client.request(method, path, headers=alice).status_code in (200, 204)
+
+
+def test_per_key_limits_answer_429_with_retry_after(service: Service, song: Path, tmp_path: Path) -> None:
+    key = _cli(service, "create", "busy").strip()
+    long = encode(tmp_path / "long.flac", tone(200.0), 44100, "flac")
+    # Two long separations keep this key at its limit of active jobs for half a minute.
+    first = [_post(service, long, key, separation="demucs") for _ in range(MAX_ACTIVE)]
+    assert [r.status_code for r in first] == [202] * MAX_ACTIVE
+    over = _post(service, song, key, separation="none")
+    assert over.status_code == 429 and over.json()["code"] == "rate_limited"
+    assert "queued or running" in over.json()["detail"]
+    assert int(over.headers["retry-after"]) >= 1
+    # Another key is not held back by this one.
+    other = _cli(service, "create", "other").strip()
+    assert _post(service, song, other, separation="none").status_code == 202
+    for response in first:
+        service.client.post(f"/api/v1/jobs/{response.json()['job_id']}/cancel", headers={"X-API-Key": key})
+    # Uploads per minute, one at a time so the active-jobs limit stays out of the way.
+    accepted = 1
+    while True:
+        response = _post(service, song, other, separation="none")
+        if response.status_code != 202:
+            break
+        accepted += 1
+        service.wait_with(response.json()["job_id"], {"X-API-Key": other})
+    assert response.status_code == 429 and "last minute" in response.json()["detail"]
+    assert accepted == MAX_PER_MINUTE
