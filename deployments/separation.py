@@ -61,7 +61,7 @@ class Separation:
         keys = JobKeys(job_id)
         with self.storage.local_copy(keys.upload) as upload:
             self._maybe_crash(upload)
-            mix = audio.decode(upload, self.settings.max_duration_seconds)
+            mix = audio.decode(upload, self.settings.max_duration_seconds, self.settings.max_decoded_bytes)
         self.report(job_id, Stage.DECODING, 1.0)
         if mode is SeparationMode.NONE:
             stems = {"mix": mix.samples}

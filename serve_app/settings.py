@@ -41,6 +41,7 @@ class Settings(BaseSettings):
 
     max_upload_bytes: int = Field(default=200_000_000, gt=0)
     max_duration_seconds: float = Field(default=20 * 60, gt=0)
+    max_decoded_bytes: int = Field(default=1_000_000_000, gt=0, description="float32 samples one upload may decode to")
     max_concurrent_jobs: int = Field(default=3, ge=1)
     # How long the pipeline waits for a model that is still loading before it fails the job.
     model_wait_seconds: float = Field(default=600, gt=0)
@@ -69,6 +70,9 @@ class Settings(BaseSettings):
     max_active_jobs_per_key: int = Field(default=10, ge=1, description="queued + running jobs per key")
     max_uploads_per_minute: int = Field(default=30, ge=1, description="uploads per key per minute")
 
+    # Browsers: CORS is off unless origins are listed (comma-separated, e.g. "https://app.example.com").
+    cors_origins: str = ""
+
     tracker_name: str = "stemscribe-job-tracker"
     ray_namespace: str = "stemscribe"
 
@@ -92,6 +96,10 @@ class Settings(BaseSettings):
         if self.storage_backend == "s3" and not self.s3_bucket:
             raise ValueError("storage_backend 's3' needs s3_bucket (STEMSCRIBE_S3_BUCKET)")
         return self
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     @property
     def seeded_api_keys(self) -> list[str]:

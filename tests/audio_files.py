@@ -49,3 +49,18 @@ def encode(path: Path, samples: np.ndarray, sample_rate: int, fmt: str) -> Path:
         for packet in stream.encode(None):
             container.mux(packet)
     return path
+
+
+def silent_flac(path: Path, seconds: float, sample_rate: int = 8000) -> Path:
+    """Hours of silence in a tiny FLAC, encoded frame by frame: a decode bomb for the validator."""
+    with av.open(str(path), mode="w", format="flac") as container:
+        stream = container.add_stream("flac", rate=sample_rate, layout="mono")
+        block = np.zeros((1, 4096), dtype=np.int16)
+        for _ in range(int(seconds * sample_rate) // 4096):
+            frame = av.AudioFrame.from_ndarray(block, format="s16", layout="mono")
+            frame.sample_rate = sample_rate
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path

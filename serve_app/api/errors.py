@@ -20,6 +20,7 @@ ERROR_MAP: list[tuple[type[errors.StemscribeError], int, str]] = [
     (errors.UploadTooLarge, 413, "upload_too_large"),
     (errors.UnsupportedAudio, 415, "unsupported_audio"),
     (errors.AudioTooLong, 422, "audio_too_long"),
+    (errors.DecodedTooLarge, 422, "audio_too_large"),
     (errors.JobNotFound, 404, "job_not_found"),
     (errors.ResultNotFound, 404, "result_not_found"),
     (errors.JobGone, 410, "job_gone"),

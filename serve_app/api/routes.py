@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, File, Form, Header, Query, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
@@ -323,4 +324,13 @@ def create_api(services: Services) -> FastAPI:
         max_body_bytes=services.settings.max_upload_bytes + _MULTIPART_ALLOWANCE,
         max_upload_megabytes=services.settings.max_upload_megabytes,
     )
+    # Added last, so outermost: even an early 413 carries the CORS headers a browser needs to read it.
+    if services.settings.cors_origin_list:
+        api.add_middleware(
+            CORSMiddleware,
+            allow_origins=services.settings.cors_origin_list,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["X-API-Key", "Idempotency-Key", "Content-Type"],
+            expose_headers=["Location", "Retry-After"],
+        )
     return api

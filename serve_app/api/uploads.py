@@ -51,6 +51,7 @@ async def store_upload(upload: UploadFile, services: Services, job_id: str) -> S
                 out.write(chunk)
         if size == 0:
             raise EmptyUpload("The uploaded file is empty.")
-        info = await asyncio.to_thread(audio.probe, path, services.settings.max_duration_seconds)
+        settings = services.settings
+        info = await asyncio.to_thread(audio.probe, path, settings.max_duration_seconds, settings.max_decoded_bytes)
         await asyncio.to_thread(services.storage.put_file, JobKeys(job_id).upload, path)
     return StoredUpload(info, size, digest.hexdigest())

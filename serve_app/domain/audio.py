@@ -15,7 +15,7 @@ import av
 import numpy as np
 import soundfile
 
-from serve_app.domain.errors import AudioTooLong, EmptyUpload, UnsupportedAudio
+from serve_app.domain.errors import AudioTooLong, DecodedTooLarge, EmptyUpload, UnsupportedAudio
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,13 @@ def sniff_format(path: Path) -> str | None:
     return None
 
 
-def _decode(path: Path, max_duration_seconds: float, keep: bool) -> tuple[AudioInfo, np.ndarray | None]:
+# float32 samples of 20 minutes of 48 kHz stereo take 460 MB; anything past this is refused.
+DEFAULT_MAX_DECODED_BYTES = 1_000_000_000
+
+
+def _decode(
+    path: Path, max_duration_seconds: float, keep: bool, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
+) -> tuple[AudioInfo, np.ndarray | None]:
     if path.stat().st_size == 0:
         raise EmptyUpload("The uploaded file is empty.")
     container_format = sniff_format(path)
@@ -97,6 +103,8 @@ def _decode(path: Path, max_duration_seconds: float, keep: bool) -> tuple[AudioI
             if not container.streams.audio:
                 raise UnsupportedAudio("The file contains no audio stream.")
             stream = container.streams.audio[0]
+            if stream.codec_context is None:
+                raise UnsupportedAudio("The audio stream uses no codec stemscribe can decode.")
             sample_rate = int(stream.codec_context.sample_rate or 0)
             channels = min(int(stream.codec_context.channels or 0), MAX_CHANNELS)
             if not 4000 <= sample_rate <= 384_000 or channels < 1:
@@ -106,6 +114,8 @@ def _decode(path: Path, max_duration_seconds: float, keep: bool) -> tuple[AudioI
             )
             # Duration is counted on decoded samples, so a forged header cannot smuggle hours in.
             max_frames = int(max_duration_seconds * sample_rate)
+            # A high sample rate within the duration limit could still decode to gigabytes.
+            max_frames_by_bytes = max_decoded_bytes // (channels * 4)
             for packet in container.demux(stream):
                 for frame in packet.decode():
                     for out in resampler.resample(frame):
@@ -114,15 +124,19 @@ def _decode(path: Path, max_duration_seconds: float, keep: bool) -> tuple[AudioI
                             raise AudioTooLong(
                                 f"The audio is longer than the limit of {max_duration_seconds / 60:g} minutes."
                             )
+                        if frames > max_frames_by_bytes:
+                            raise DecodedTooLarge(
+                                f"The audio decodes to more than {max_decoded_bytes / 1e6:g} MB of samples."
+                            )
                         if keep:
                             chunks.append(out.to_ndarray())
             for out in resampler.resample(None):
                 frames += out.samples
                 if keep:
                     chunks.append(out.to_ndarray())
-    except (AudioTooLong, UnsupportedAudio, EmptyUpload):
+    except (AudioTooLong, DecodedTooLarge, UnsupportedAudio, EmptyUpload):
         raise
-    except (av.error.FFmpegError, ValueError, OSError) as exc:
+    except Exception as exc:  # damaged input can fail deep inside FFmpeg or PyAV in many ways
         logger.info("could not decode %s as %s: %s", path.name, container_format, exc)
         raise UnsupportedAudio(
             f"The file looks like {container_format} audio but could not be decoded; it may be damaged."
@@ -134,15 +148,17 @@ def _decode(path: Path, max_duration_seconds: float, keep: bool) -> tuple[AudioI
     return info, samples
 
 
-def probe(path: Path, max_duration_seconds: float) -> AudioInfo:
+def probe(path: Path, max_duration_seconds: float, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> AudioInfo:
     """Decode the whole file without keeping it: proves it is readable audio within the limits."""
-    info, _ = _decode(path, max_duration_seconds, keep=False)
+    info, _ = _decode(path, max_duration_seconds, keep=False, max_decoded_bytes=max_decoded_bytes)
     return info
 
 
-def decode(path: Path, max_duration_seconds: float) -> DecodedAudio:
+def decode(
+    path: Path, max_duration_seconds: float, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
+) -> DecodedAudio:
     """Decode to float32 (channels, frames) at the file's own sample rate, at most stereo."""
-    info, samples = _decode(path, max_duration_seconds, keep=True)
+    info, samples = _decode(path, max_duration_seconds, keep=True, max_decoded_bytes=max_decoded_bytes)
     assert samples is not None
     return DecodedAudio(samples=samples, sample_rate=info.sample_rate)
 

@@ -31,6 +31,10 @@ class AudioTooLong(BadInput):
     pass
 
 
+class DecodedTooLarge(BadInput):
+    """Within the duration limit, but more samples than the service will hold in memory."""
+
+
 class JobNotFound(StemscribeError):
     pass
 

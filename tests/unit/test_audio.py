@@ -52,8 +52,9 @@ def test_empty_file_is_an_empty_upload(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "content",
-    [b"hello, this is not audio at all" * 10, b"%PDF-1.7\n" + b"0" * 500, b"\x00" * 4096],
-    ids=["text", "pdf", "zeros"],
+    [b"hello, this is not audio at all" * 10, b"%PDF-1.7\n" + b"0" * 500, b"\x00" * 4096,
+     b"#EXTM3U\n#EXTINF:10,\nhttp://127.0.0.1:9/a.mp3\n", b"ffconcat version 1.0\nfile '/etc/passwd'\n"],
+    ids=["text", "pdf", "zeros", "hls-playlist", "ffconcat"],
 )
 def test_non_audio_is_unsupported(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "song.mp3"
