@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import secrets
 from pathlib import Path
 from typing import Literal
 
@@ -69,6 +70,11 @@ class Settings(BaseSettings):
     api_keys: SecretStr = Field(default=SecretStr(""), description="Comma-separated keys to seed")
     max_active_jobs_per_key: int = Field(default=10, ge=1, description="queued + running jobs per key")
     max_uploads_per_minute: int = Field(default=30, ge=1, description="uploads per key per minute")
+
+    # Signs the short-lived tokens browsers use for live progress; one value for every ingress replica
+    # (the builder reads settings once, so a generated default is shared by the whole application).
+    events_token_secret: SecretStr = Field(default_factory=lambda: SecretStr(secrets.token_hex(32)))
+    events_token_seconds: int = Field(default=300, ge=10)
 
     # Browsers: CORS is off unless origins are listed (comma-separated, e.g. "https://app.example.com").
     cors_origins: str = ""

@@ -16,7 +16,9 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
+from serve_app.api.access import find_job as _job
 from serve_app.api.errors import install_error_handlers
+from serve_app.api.events import build_events_router
 from serve_app.api.limits import UploadSizeLimit
 from serve_app.api.schemas import ComponentHealth, Health, JobAccepted, JobList, JobView, Problem, ResultLink
 from serve_app.api.services import OwnerDep, Services, ServicesDep
@@ -40,7 +42,6 @@ from serve_app.domain.options import JobOptions, NoteParameters, SeparationMode
 from serve_app.domain.storage import JobKeys
 from serve_app.settings import Settings
 
-_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 _MEDIA_TYPES = {".mid": "audio/midi", ".wav": "audio/wav", ".json": "application/json"}
 _PROBLEMS: dict[int | str, dict[str, Any]] = {
     code: {"model": Problem, "content": {"application/problem+json": {}}} for code in (400, 404, 413, 415, 422, 503)
@@ -49,14 +50,6 @@ _PROBLEMS: dict[int | str, dict[str, Any]] = {
 _MULTIPART_ALLOWANCE = 64 * 1024
 
 
-async def _job(services: Services, job_id: str, owner: str | None) -> JobRow:
-    row = await asyncio.to_thread(services.repo.get, job_id) if _JOB_ID.match(job_id) else None
-    # Another key's job is answered exactly like a job that does not exist.
-    if row is None or row.owner != owner:
-        raise JobNotFound(f"There is no job {job_id}.")
-    if row.deleted_at is not None:
-        raise JobGone(f"Job {job_id} was deleted.")
-    return row
 
 
 def _encode_cursor(row: JobRow) -> str:
@@ -318,6 +311,7 @@ def create_api(services: Services) -> FastAPI:
     api.state.services = services
     install_error_handlers(api, services.settings.retry_after_seconds)
     api.include_router(build_router(services.settings))
+    api.include_router(build_events_router())
     api.add_middleware(
         UploadSizeLimit,
         path_suffix="/api/v1/transcribe",

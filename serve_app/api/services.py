@@ -40,11 +40,15 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Your stemscribe API key")
 
 
-async def get_owner(services: ServicesDep, key: Annotated[str | None, Security(_api_key_header)]) -> str | None:
+async def get_owner_for_key(services: Services, key: str | None) -> str | None:
     """The id of the caller's API key; None when authentication is off."""
     if not services.settings.auth_required:
         return None
     return await asyncio.to_thread(services.keys.authenticate, key)
+
+
+async def get_owner(services: ServicesDep, key: Annotated[str | None, Security(_api_key_header)]) -> str | None:
+    return await get_owner_for_key(services, key)
 
 
 OwnerDep = Annotated[str | None, Depends(get_owner)]

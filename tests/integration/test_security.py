@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 from deployments.demucs_models import DEFAULT_TEST_MODEL
 from tests.audio_files import encode, tone
@@ -111,3 +114,58 @@ def test_per_key_limits_answer_429_with_retry_after(service: Service, song: Path
         service.wait_with(response.json()["job_id"], {"X-API-Key": other})
     assert response.status_code == 429 and "last minute" in response.json()["detail"]
     assert accepted == MAX_PER_MINUTE
+
+
+STAGES = ["queued", "decoding", "separating", "transcribing", "packaging", "done"]
+
+
+def _assert_in_order(states: list[dict]) -> None:
+    stages = [s["stage"] for s in states]
+    assert [STAGES.index(s) for s in stages] == sorted(STAGES.index(s) for s in stages), stages
+    progress = [s["progress"] for s in states]
+    assert progress == sorted(progress)
+    assert states[-1]["status"] == "succeeded" and states[-1]["progress"] == 100.0
+
+
+def test_server_sent_events_follow_a_real_job_to_its_end(service: Service, tmp_path: Path) -> None:
+    song = encode(tmp_path / "s.flac", tone(30.0), 44100, "flac")
+    job_id = _post(service, song, SEEDED, separation="demucs").json()["job_id"]
+    events: list[tuple[str, dict]] = []
+    with service.client.stream("GET", f"/api/v1/jobs/{job_id}/events", headers={"X-API-Key": SEEDED}) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        kind = None
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                kind = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line.removeprefix("data: "))))
+    assert [k for k, _ in events][-1] == "final" and all(k == "state" for k, _ in events[:-1])
+    states = [e for _, e in events]
+    _assert_in_order(states)
+    assert {"separating", "transcribing"} <= {s["stage"] for s in states}
+    # No key, no events.
+    assert service.client.get(f"/api/v1/jobs/{job_id}/events").status_code == 401
+
+
+def test_websocket_with_a_browser_token_follows_a_job_and_a_late_client_gets_the_end(
+    service: Service, tmp_path: Path
+) -> None:
+    song = encode(tmp_path / "s.flac", tone(20.0), 44100, "flac")
+    job_id = _post(service, song, SEEDED, separation="demucs").json()["job_id"]
+    token = service.client.post(f"/api/v1/jobs/{job_id}/events-token", headers={"X-API-Key": SEEDED}).json()["token"]
+    url = service.url.replace("http://", "ws://") + f"/ws/jobs/{job_id}?token={token}"
+    with connect(url) as ws:
+        messages = [json.loads(m) for m in ws]
+    assert messages[-1]["event"] == "final"
+    _assert_in_order(messages)
+    # Connecting after the end: the final state at once, then the socket closes.
+    with connect(url) as ws:
+        late = [json.loads(m) for m in ws]
+    assert len(late) == 1 and late[0]["status"] == "succeeded"
+    # A token is for one job only, and a forged one is refused.
+    other = _post(service, song, SEEDED, separation="none").json()["job_id"]
+    for bad in (service.url.replace("http://", "ws://") + f"/ws/jobs/{other}?token={token}",
+                url[:-3] + "abc", url.split("?")[0]):  # fmt: skip
+        with pytest.raises(InvalidStatus):
+            with connect(bad) as ws:
+                ws.recv()

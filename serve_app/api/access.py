@@ -1,0 +1,54 @@
+"""Who may see a job: the key that made it, or a short-lived events token for that one job."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import re
+import time
+
+from serve_app.api.services import Services
+from serve_app.domain.db import JobRow
+from serve_app.domain.errors import JobGone, JobNotFound, Unauthorized
+
+_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+async def find_job(services: Services, job_id: str, owner: str | None) -> JobRow:
+    row = await asyncio.to_thread(services.repo.get, job_id) if _JOB_ID.match(job_id) else None
+    # Another key's job is answered exactly like a job that does not exist.
+    if row is None or row.owner != owner:
+        raise JobNotFound(f"There is no job {job_id}.")
+    if row.deleted_at is not None:
+        raise JobGone(f"Job {job_id} was deleted.")
+    return row
+
+
+def _sign(secret: str, payload: bytes) -> str:
+    return base64.urlsafe_b64encode(hmac.new(secret.encode(), payload, hashlib.sha256).digest()).decode().rstrip("=")
+
+
+def issue_events_token(secret: str, job_id: str, owner: str | None, ttl_seconds: int) -> str:
+    """A token that lets a browser (which cannot set headers on EventSource/WebSocket) follow one job."""
+    payload = base64.urlsafe_b64encode(
+        json.dumps({"j": job_id, "o": owner, "e": int(time.time()) + ttl_seconds}).encode()
+    ).decode()
+    return f"{payload}.{_sign(secret, payload.encode())}"
+
+
+def read_events_token(secret: str, token: str, job_id: str) -> str | None:
+    """The owner the token speaks for; Unauthorized if it is forged, expired or for another job."""
+    try:
+        payload, signature = token.split(".")
+        if not hmac.compare_digest(signature, _sign(secret, payload.encode())):
+            raise ValueError("signature")
+        claims = json.loads(base64.urlsafe_b64decode(payload.encode()))
+    except ValueError as exc:
+        raise Unauthorized("The events token is not valid.") from exc
+    if claims["j"] != job_id or claims["e"] < time.time():
+        raise Unauthorized("The events token has expired or is for another job.")
+    owner: str | None = claims["o"]
+    return owner
