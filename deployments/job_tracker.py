@@ -29,6 +29,7 @@ from serve_app.domain.jobs import JobStatus, Stage, advance, overall_progress
 from serve_app.domain.options import JobOptions
 from serve_app.domain.pipeline import JobPipeline, SeparationHandle, TranscriptionHandle
 from serve_app.domain.storage import JobKeys, storage_from_settings
+from serve_app.domain.webhooks import WebhookSender
 from serve_app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class _Attempt:
 
     tracker: JobTracker
     job_id: str
+    options: JobOptions
     number: int
     known_stems: list[str] | None
     progress: float
@@ -75,6 +77,11 @@ class _Attempt:
             self.close_stage()
             self.stage, self.stage_started = stage, time.monotonic()
             fields.update(stage=stage.value, stage_seconds=dict(self.stage_seconds))
+            if self.options.webhook_progress:
+                self.tracker.notify(self.options, "job.progress", {
+                    "job_id": self.job_id, "status": "running", "stage": stage.value,
+                    "progress": advance(self.progress, overall_progress(stage, fraction)),
+                })  # fmt: skip
         self.progress = advance(self.progress, overall_progress(stage, fraction))
         if fields or self.progress - self.written >= _WRITE_STEP:
             self.written = self.progress
@@ -103,6 +110,13 @@ class JobTracker:
         self.storage = storage_from_settings(settings)
         self.pipeline = JobPipeline(self.storage, separation, transcription)
         self.owner = f"tracker-{uuid.uuid4().hex[:12]}"
+        secret = settings.webhook_secret
+        self.webhooks = (
+            None if secret is None else WebhookSender(
+                secret.get_secret_value(), settings.webhook_retry_seconds, settings.webhook_timeout_seconds,
+                settings.webhook_allow_private,
+            )
+        )  # fmt: skip
         self._attempts: dict[str, _Attempt] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._loops: list[asyncio.Task[None]] = []
@@ -140,6 +154,10 @@ class JobTracker:
 
     async def cancel(self, job_id: str) -> None:
         await asyncio.to_thread(self.repo.cancel, job_id)
+        row = await asyncio.to_thread(self.repo.get, job_id)
+        if row is not None and row.status == JobStatus.CANCELED and row.attempts == 0:
+            # Canceled while queued: no attempt will report it, so tell its webhook here.
+            await self._notify_final(job_id, JobOptions.model_validate(row.options))
         self._poke()
 
     async def report(self, job_id: str, stage: str, fraction: float) -> None:
@@ -200,10 +218,11 @@ class JobTracker:
                 self.repo.claim, row.id, row.attempts, self.owner, self.settings.lease_seconds
             ):
                 continue  # another tracker took it
-            attempt = _Attempt(self, row.id, row.attempts + 1, row.stems, row.progress,
+            options = JobOptions.model_validate(row.options)
+            attempt = _Attempt(self, row.id, options, row.attempts + 1, row.stems, row.progress,
                                stage_seconds=dict(row.stage_seconds or {}))  # fmt: skip
             self._attempts[row.id] = attempt
-            self._tasks[row.id] = asyncio.create_task(self._run(attempt, JobOptions.model_validate(row.options)))
+            self._tasks[row.id] = asyncio.create_task(self._run(attempt, options))
             free -= 1
 
     async def _heartbeat(self, attempt: _Attempt) -> None:
@@ -248,6 +267,22 @@ class JobTracker:
         )
         if not done:
             logger.info("job %s: attempt %d was superseded; its result is dropped", attempt.job_id, attempt.number)
+            return
+        await self._notify_final(attempt.job_id, attempt.options)
+
+    def notify(self, options: JobOptions, event_type: str, data: dict[str, Any]) -> None:
+        if self.webhooks is not None and options.webhook_url:
+            self.webhooks.send(options.webhook_url, event_type, data)
+
+    async def _notify_final(self, job_id: str, options: JobOptions) -> None:
+        if not options.webhook_url:
+            return
+        row = await asyncio.to_thread(self.repo.get, job_id)
+        if row is not None:
+            self.notify(options, f"job.{row.status}", {
+                "job_id": row.id, "status": row.status, "stage": row.stage, "progress": row.progress,
+                "error": row.error, "results": row.results if row.status == JobStatus.SUCCEEDED else [],
+            })  # fmt: skip
 
     async def _failed(self, attempt: _Attempt, exc: BaseException) -> None:
         job_id, cause = attempt.job_id, unwrap(exc)

@@ -76,6 +76,13 @@ class Settings(BaseSettings):
     events_token_secret: SecretStr = Field(default_factory=lambda: SecretStr(secrets.token_hex(32)))
     events_token_seconds: int = Field(default=300, ge=10)
 
+    # Webhooks (Standard Webhooks): the signing secret, "whsec_" + base64; without it, webhook_url is refused.
+    webhook_secret: SecretStr | None = None
+    webhook_retry_seconds: float = Field(default=3600, gt=0, description="how long a delivery is retried")
+    webhook_timeout_seconds: float = Field(default=10, gt=0)
+    # Targets in private, loopback and link-local ranges are refused unless this is on.
+    webhook_allow_private: bool = False
+
     # Browsers: CORS is off unless origins are listed (comma-separated, e.g. "https://app.example.com").
     cors_origins: str = ""
 

@@ -26,6 +26,7 @@ ERROR_MAP: list[tuple[type[errors.StemscribeError], int, str]] = [
     (errors.JobGone, 410, "job_gone"),
     (errors.IdempotencyKeyReused, 422, "idempotency_key_reused"),
     (errors.InvalidCursor, 422, "invalid_cursor"),
+    (errors.WebhookRefused, 422, "webhook_url_refused"),
     (errors.QueueFull, 503, "queue_full"),
     (errors.Unauthorized, 401, "unauthorized"),
     (errors.RateLimited, 429, "rate_limited"),

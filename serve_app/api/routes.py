@@ -35,11 +35,13 @@ from serve_app.domain.errors import (
     ResultNotReady,
     ServiceUnavailable,
     StemscribeError,
+    WebhookRefused,
     unwrap,
 )
 from serve_app.domain.jobs import JobStatus
 from serve_app.domain.options import JobOptions, NoteParameters, SeparationMode
 from serve_app.domain.storage import JobKeys
+from serve_app.domain.webhooks import check_target
 from serve_app.settings import Settings
 
 _MEDIA_TYPES = {".mid": "audio/midi", ".wav": "audio/wav", ".json": "application/json"}
@@ -101,6 +103,8 @@ def build_router(settings: Settings) -> APIRouter:
         minimum_note_length_ms: Annotated[float | None, Form()] = None,
         minimum_frequency: Annotated[float | None, Form()] = None,
         maximum_frequency: Annotated[float | None, Form()] = None,
+        webhook_url: Annotated[str | None, Form(max_length=2000)] = None,
+        webhook_progress: Annotated[bool, Form()] = False,
         idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
     ) -> JobAccepted:
         try:
@@ -111,7 +115,13 @@ def build_router(settings: Settings) -> APIRouter:
             )  # fmt: skip
         except ValidationError as exc:
             raise RequestValidationError(exc.errors()) from exc
-        options = JobOptions(separation=separation, notes=notes)
+        if webhook_url is not None:
+            if services.settings.webhook_secret is None:
+                raise WebhookRefused("Webhooks are off on this server (no STEMSCRIBE_WEBHOOK_SECRET).")
+            await asyncio.to_thread(check_target, webhook_url, services.settings.webhook_allow_private)
+        options = JobOptions(
+            separation=separation, notes=notes, webhook_url=webhook_url, webhook_progress=webhook_progress
+        )
         if owner is not None:
             await _check_limits(services, owner)
         if idempotency_key is None and await asyncio.to_thread(services.repo.count_queued) >= (

@@ -55,6 +55,10 @@ class QueueFull(StemscribeError):
     pass
 
 
+class WebhookRefused(BadInput):
+    """A webhook URL stemscribe will not call."""
+
+
 class Unauthorized(StemscribeError):
     """No API key, an unknown one or a revoked one."""
 

@@ -44,6 +44,8 @@ class JobOptions(BaseModel):
 
     separation: SeparationMode = SeparationMode.DEMUCS
     notes: NoteParameters = NoteParameters()
+    webhook_url: str | None = None
+    webhook_progress: bool = False
 
 
 class StemPreset(BaseModel):

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
+import hashlib
+import hmac
+import http.server
+import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +23,34 @@ from tests.music import melody, render
 pytestmark = pytest.mark.integration
 
 MAX_QUEUE_DEPTH = 4
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"stemscribe-test-webhook-secret!!").decode()
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    """A webhook receiver on loopback that answers 500 to the first delivery of each message."""
+
+    received: list[tuple[dict[str, str], bytes, int]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        body = self.rfile.read(int(self.headers["content-length"]))
+        seen = [h["webhook-id"] for h, _, _ in self.received]
+        status = 500 if self.headers["webhook-id"] not in seen else 200
+        self.received.append(({k.lower(): v for k, v in self.headers.items()}, body, status))
+        self.send_response(status)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[str]:
+    _Receiver.received = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook"
+    server.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +58,7 @@ def service(serve_url: str, model_dir: Path, tmp_path_factory: pytest.TempPathFa
     svc = deploy(
         serve_url, data_dir=str(tmp_path_factory.mktemp("data-lifecycle")), demucs_model=DEFAULT_TEST_MODEL,
         demucs_model_dir=str(model_dir), max_concurrent_jobs=1, max_queue_depth=MAX_QUEUE_DEPTH,
+        webhook_secret=WEBHOOK_SECRET, webhook_allow_private=True, webhook_retry_seconds=30,
     )  # fmt: skip
     yield svc
     undeploy(svc)
@@ -175,3 +210,41 @@ def test_a_full_queue_answers_503_with_retry_after(service: Service, song: Path,
     assert int(refused.headers["retry-after"]) >= 1
     service.client.post(f"/api/v1/jobs/{blocker}/cancel")
     assert [service.wait(r.json()["job_id"])["status"] for r in queued] == ["succeeded"] * MAX_QUEUE_DEPTH
+
+
+def _verify(headers: dict[str, str], body: bytes) -> bool:
+    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    key = base64.b64decode(WEBHOOK_SECRET.removeprefix("whsec_"))
+    expected = "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    return hmac.compare_digest(headers["webhook-signature"], expected)
+
+
+def test_webhooks_are_signed_and_retried_under_the_same_id(service: Service, song: Path, receiver: str) -> None:
+    response = service.submit(song, separation="none", webhook_url=receiver, webhook_progress="true")
+    job = service.wait(response.json()["job_id"])
+    assert job["status"] == "succeeded"
+    deadline = time.monotonic() + 30
+    while not any(json.loads(b)["type"] == "job.succeeded" and s == 200 for _, b, s in _Receiver.received):
+        assert time.monotonic() < deadline, _Receiver.received
+        time.sleep(0.2)
+    final = [(h, b, s) for h, b, s in _Receiver.received if json.loads(b)["type"] == "job.succeeded"]
+    assert [s for _, _, s in final] == [500, 200]  # the first answer was 500: it came again
+    assert len({h["webhook-id"] for h, _, _ in final}) == 1
+    assert all(_verify(h, b) for h, b, _ in _Receiver.received)
+    data = json.loads(final[-1][1])["data"]
+    assert data["job_id"] == job["job_id"] and "transcription.mid" in data["results"]
+    progress = [json.loads(b)["data"]["stage"] for _, b, s in _Receiver.received
+                if json.loads(b)["type"] == "job.progress" and s == 200]  # fmt: skip
+    assert "transcribing" in progress
+
+
+def test_a_canceled_queued_job_calls_its_webhook(service: Service, song: Path, long_song: Path, receiver: str) -> None:
+    blocker = service.submit(long_song, separation="demucs").json()["job_id"]
+    queued = service.submit(song, separation="none", webhook_url=receiver).json()["job_id"]
+    service.client.post(f"/api/v1/jobs/{queued}/cancel")
+    service.client.post(f"/api/v1/jobs/{blocker}/cancel")
+    deadline = time.monotonic() + 30
+    while not any(json.loads(b)["type"] == "job.canceled" and s == 200 for _, b, s in _Receiver.received):
+        assert time.monotonic() < deadline, _Receiver.received
+        time.sleep(0.2)
+    service.wait(blocker, timeout=30)

@@ -169,3 +169,9 @@ def test_websocket_with_a_browser_token_follows_a_job_and_a_late_client_gets_the
         with pytest.raises(InvalidStatus):
             with connect(bad) as ws:
                 ws.recv()
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/hook", "http://169.254.169.254/latest/meta-data", "ftp://x/"])
+def test_webhooks_to_private_or_odd_targets_are_refused(service: Service, song: Path, url: str) -> None:
+    response = _post(service, song, SEEDED, separation="none", webhook_url=url)
+    assert response.status_code == 422 and response.json()["code"] == "webhook_url_refused"
