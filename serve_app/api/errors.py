@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 from http import HTTPStatus
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serve_app.api.schemas import Problem
 from serve_app.domain import errors
 
 logger = logging.getLogger(__name__)
@@ -35,6 +37,12 @@ ERROR_MAP: list[tuple[type[errors.StemscribeError], int, str]] = [
     (errors.ServiceUnavailable, 503, "service_unavailable"),
     (errors.BadInput, 400, "bad_input"),
 ]
+
+# The error answers every route documents in OpenAPI.
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": Problem, "content": {"application/problem+json": {}}}
+    for code in (400, 401, 404, 409, 410, 413, 415, 422, 429, 503)
+}
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "upload_too_large", 400: "bad_request"}
 

@@ -14,6 +14,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from starlette.websockets import WebSocketDisconnect
 
+from serve_app.api.errors import PROBLEM_RESPONSES
 from serve_app.api.access import find_job, issue_events_token, read_events_token
 from serve_app.api.services import OwnerDep, Services, ServicesDep, get_owner_for_key
 from serve_app.domain.errors import StemscribeError, Unauthorized
@@ -51,7 +52,7 @@ async def job_states(services: Services, job_id: str, owner: str | None) -> Asyn
 
 
 def build_events_router() -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(responses=PROBLEM_RESPONSES)
 
     @router.post("/api/v1/jobs/{job_id}/events-token", response_model=EventsToken,
                  summary="A short-lived token that stands in for X-API-Key on the events routes")  # fmt: skip

@@ -17,10 +17,10 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from serve_app.api.access import find_job as _job
-from serve_app.api.errors import install_error_handlers
+from serve_app.api.errors import PROBLEM_RESPONSES, install_error_handlers
 from serve_app.api.events import build_events_router
 from serve_app.api.limits import UploadSizeLimit
-from serve_app.api.schemas import ComponentHealth, Health, JobAccepted, JobList, JobView, Problem, ResultLink
+from serve_app.api.schemas import ComponentHealth, Health, JobAccepted, JobList, JobView, ResultLink
 from serve_app.api.services import OwnerDep, Services, ServicesDep
 from serve_app.api.uploads import display_name, store_upload
 from serve_app.domain.db import JobRow, as_utc, utcnow
@@ -45,9 +45,6 @@ from serve_app.domain.webhooks import check_target
 from serve_app.settings import Settings
 
 _MEDIA_TYPES = {".mid": "audio/midi", ".wav": "audio/wav", ".json": "application/json"}
-_PROBLEMS: dict[int | str, dict[str, Any]] = {
-    code: {"model": Problem, "content": {"application/problem+json": {}}} for code in (400, 404, 413, 415, 422, 503)
-}
 # Multipart boundaries and the small form fields ride on top of the file itself.
 _MULTIPART_ALLOWANCE = 64 * 1024
 
@@ -83,7 +80,7 @@ def _view(request: Request, row: JobRow) -> JobView:
 
 
 def build_router(settings: Settings) -> APIRouter:
-    router = APIRouter(prefix="/api/v1", responses=_PROBLEMS)
+    router = APIRouter(prefix="/api/v1", responses=PROBLEM_RESPONSES)
 
     @router.post(
         "/transcribe",
@@ -237,7 +234,12 @@ def build_router(settings: Settings) -> APIRouter:
     async def health(services: ServicesDep) -> Health:
         return await _health(services)
 
-    @router.get("/health/ready", response_model=Health, summary="200 when every component is ready, else 503")
+    @router.get(
+        "/health/ready",
+        response_model=Health,
+        responses={503: {"model": Health, "description": "Not ready: the same report"}},
+        summary="200 when every component is ready, else 503",
+    )
     async def ready(services: ServicesDep, response: Response) -> Health:
         report = await _health(services)
         if not report.ready:
