@@ -75,7 +75,8 @@ def test_one_key_never_sees_another_keys_job_on_any_route(service: Service, song
     job_id = _post(service, song, SEEDED, separation="none").json()["job_id"]
     job = service.wait_with(job_id, alice)
     assert job["status"] == "succeeded"
-    routes = [("GET", f"/api/v1/jobs/{job_id}"), ("POST", f"/api/v1/jobs/{job_id}/cancel")]
+    routes = [("GET", f"/api/v1/jobs/{job_id}"), ("POST", f"/api/v1/jobs/{job_id}/cancel"),
+              ("GET", f"/api/v1/jobs/{job_id}/events"), ("POST", f"/api/v1/jobs/{job_id}/events-token")]  # fmt: skip
     routes += [("GET", f"/api/v1/jobs/{job_id}/results/{r['name']}") for r in job["results"]]
     routes += [("DELETE", f"/api/v1/jobs/{job_id}")]  # last: the owner's walk ends by deleting it
     for method, path in routes:
@@ -83,6 +84,12 @@ def test_one_key_never_sees_another_keys_job_on_any_route(service: Service, song
         assert response.status_code == 404, (method, path)
         assert response.json()["code"] == "job_not_found"
     assert job_id not in {j["job_id"] for j in service.client.get("/api/v1/jobs", headers=bob).json()["jobs"]}
+    ws_url = service.url.replace("http://", "ws://") + f"/ws/jobs/{job_id}"
+    with pytest.raises(InvalidStatus):
+        with connect(ws_url, additional_headers=bob) as ws:
+            ws.recv()
+    with connect(ws_url, additional_headers=alice) as ws:
+        assert json.loads(ws.recv())["status"] == "succeeded"
     # ...and the owner still has it all.
     assert job_id in {j["job_id"] for j in service.client.get("/api/v1/jobs", headers=alice).json()["jobs"]}
     for method, path in routes:
