@@ -28,15 +28,6 @@ _ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
 }
 
 
-class InvalidTransition(Exception):
-    pass
-
-
-def check_transition(current: JobStatus, new: JobStatus) -> None:
-    if new not in _ALLOWED[current]:
-        raise InvalidTransition(f"a {current.value} job cannot become {new.value}")
-
-
 def allowed_from(new: JobStatus) -> tuple[str, ...]:
     """The statuses a job may have when it becomes `new`: the guard of every status write."""
     return tuple(s.value for s, targets in _ALLOWED.items() if new in targets)
