@@ -71,18 +71,17 @@ class _Attempt:
 
     async def report(self, stage: Stage, fraction: float) -> None:
         fields: dict[str, Any] = {}
+        if self.stage is not None and stage is not self.stage and stage.order < self.stage.order:
+            return  # a late report from a stage that is already over
+        self.progress = advance(self.progress, overall_progress(stage, fraction))
         if self.stage is not stage:
-            if self.stage is not None and stage.order < self.stage.order:
-                return  # a late report from a stage that is already over
             self.close_stage()
             self.stage, self.stage_started = stage, time.monotonic()
             fields.update(stage=stage.value, stage_seconds=dict(self.stage_seconds))
             if self.options.webhook_progress:
                 self.tracker.notify(self.options, "job.progress", {
-                    "job_id": self.job_id, "status": "running", "stage": stage.value,
-                    "progress": advance(self.progress, overall_progress(stage, fraction)),
+                    "job_id": self.job_id, "status": "running", "stage": stage.value, "progress": self.progress,
                 })  # fmt: skip
-        self.progress = advance(self.progress, overall_progress(stage, fraction))
         if fields or self.progress - self.written >= _WRITE_STEP:
             self.written = self.progress
             await self._write(progress=self.progress, **fields)
@@ -187,8 +186,8 @@ class JobTracker:
         """Whether the model deployments answer; while they do not (a redeploy, say), jobs wait in the
         queue instead of spending their attempts."""
         try:
-            await asyncio.wait_for(self.pipeline.separation.status.remote(), timeout=5)  # type: ignore[attr-defined]
-            await asyncio.wait_for(self.pipeline.transcription.status.remote(), timeout=5)  # type: ignore[attr-defined]
+            await asyncio.wait_for(self.pipeline.separation.status.remote(), timeout=5)
+            await asyncio.wait_for(self.pipeline.transcription.status.remote(), timeout=5)
         except Exception:
             logger.info("model deployments are not answering; jobs wait")
             return False

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from deployments.progress import CancelCheck, TrackerReporter
-from deployments.separator import DemucsSeparator, ModelState, SeparationConfig
+from deployments.separator import DemucsSeparator, SeparationConfig
 from serve_app.domain import audio
 from serve_app.domain.db import JobRepository
 from serve_app.domain.errors import ModelUnavailable
@@ -90,8 +90,3 @@ class Separation:
         if self.engine is None:
             raise ModelUnavailable("The separation deployment has no configuration yet.")
         return self.engine
-
-    def check_health(self) -> None:
-        # A model that failed to load is reported by readiness, not fixed by restarting the replica.
-        if self.engine is not None and self.engine.state is ModelState.FAILED:
-            logger.warning("separation model unavailable: %s", self.engine.error)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import re
 import uuid
 from datetime import datetime, timedelta
 from typing import Annotated, Any
@@ -28,7 +27,6 @@ from serve_app.domain.errors import (
     IdempotencyKeyReused,
     InvalidCursor,
     JobGone,
-    JobNotFound,
     QueueFull,
     RateLimited,
     ResultNotFound,

@@ -41,10 +41,6 @@ class DecodedAudio:
     samples: np.ndarray  # float32, shape (channels, frames)
     sample_rate: int
 
-    @property
-    def info(self) -> AudioInfo:
-        return AudioInfo("pcm", self.sample_rate, self.samples.shape[0], self.samples.shape[1])
-
 
 def _id3_size(head: bytes) -> int:
     # ID3v2 sizes are "synchsafe": 7 bits per byte.
@@ -168,8 +164,3 @@ def write_wav(path: Path, samples: np.ndarray, sample_rate: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     clipped = np.clip(samples, -1.0, 1.0).T
     soundfile.write(str(path), clipped, sample_rate, subtype="PCM_16", format="WAV")
-
-
-def read_wav(path: Path) -> DecodedAudio:
-    data, sample_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    return DecodedAudio(samples=np.ascontiguousarray(data.T), sample_rate=int(sample_rate))

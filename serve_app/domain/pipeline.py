@@ -24,10 +24,12 @@ class _Method(Protocol):
 
 class SeparationHandle(Protocol):
     prepare_stems: _Method
+    status: _Method
 
 
 class TranscriptionHandle(Protocol):
     transcribe_stem: _Method
+    status: _Method
 
 
 class AttemptContext(Protocol):

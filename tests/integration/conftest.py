@@ -19,7 +19,7 @@ import pytest
 import ray
 from ray import serve
 
-from deployments.demucs_models import DEFAULT_TEST_MODEL, write_random_htdemucs
+from deployments.demucs_models import write_random_htdemucs
 from serve_app.app import build_app
 from serve_app.settings import Settings
 

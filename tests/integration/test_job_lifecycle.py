@@ -85,11 +85,13 @@ def _wait_for(service: Service, job_id: str, stage: str, timeout: float = 60) ->
     raise AssertionError(f"job {job_id} never reached {stage}")
 
 
-def test_unfinished_jobs_tell_pollers_when_to_come_back(service: Service, song: Path) -> None:
-    job_id = service.submit(song, separation="none").json()["job_id"]
-    first = service.client.get(f"/api/v1/jobs/{job_id}")
-    if first.json()["status"] in ("queued", "running"):
-        assert int(first.headers["retry-after"]) >= 1
+def test_unfinished_jobs_tell_pollers_when_to_come_back(service: Service, song: Path, long_song: Path) -> None:
+    blocker = service.submit(long_song, separation="demucs").json()["job_id"]
+    job_id = service.submit(song, separation="none").json()["job_id"]  # waits: one slot only
+    waiting = service.client.get(f"/api/v1/jobs/{job_id}")
+    assert waiting.json()["status"] == "queued"
+    assert int(waiting.headers["retry-after"]) >= 1
+    service.client.post(f"/api/v1/jobs/{blocker}/cancel")
     service.wait(job_id)
     assert "retry-after" not in service.client.get(f"/api/v1/jobs/{job_id}").headers
 
