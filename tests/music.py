@@ -14,6 +14,11 @@ SOUNDFONT_CANDIDATES = (
 )
 
 
+# A second, independent General MIDI set (Debian's timgm6mb-soundfont): what is tuned on one kit is
+# measured on the other.
+TIMGM6MB = Path("/usr/share/sounds/sf2/TimGM6mb.sf2")
+
+
 def soundfont() -> Path:
     for path in SOUNDFONT_CANDIDATES:
         if path.is_file():
@@ -37,14 +42,16 @@ def melody(program: int = 0, seconds: float = 12.0, tempo: float = 100.0) -> pre
     return midi
 
 
-def render(midi: pretty_midi.PrettyMIDI, wav: Path, sample_rate: int = 44100) -> Path:
-    """Render with the fluidsynth command line (Debian package `fluidsynth`)."""
+def render(
+    midi: pretty_midi.PrettyMIDI, wav: Path, sample_rate: int = 44100, sound_font: Path | None = None
+) -> Path:
+    """Render with the fluidsynth command line (Debian package `fluidsynth`); FluidR3 GM unless told."""
     if shutil.which("fluidsynth") is None:
         raise FileNotFoundError("fluidsynth is not installed; install Debian's fluidsynth")
     mid = wav.with_suffix(".mid")
     midi.write(str(mid))
     subprocess.run(
-        ["fluidsynth", "-ni", "-q", "-g", "0.7", "-r", str(sample_rate), "-F", str(wav), str(soundfont()), str(mid)],
+        ["fluidsynth", "-ni", "-q", "-g", "0.7", "-r", str(sample_rate), "-F", str(wav), str(sound_font or soundfont()), str(mid)],
         check=True,
         capture_output=True,
         timeout=120,
