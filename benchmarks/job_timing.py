@@ -2,10 +2,11 @@
 
     python -m benchmarks.job_timing --seconds 30
 
-Starts a local Ray cluster and the application from `serve_app.app:build_app`, renders an ensemble
-piece with FluidSynth, sends it over HTTP and reports the stage times the service recorded. Without
---model-dir it writes a random-weight HTDemucs with the pretrained `htdemucs` architecture, which
-costs the same compute as the trained model (its stems are meaningless; the timing is not).
+Starts a local Ray cluster and the application from `serve_app.app:build_app` (see
+benchmarks/local_service.py), renders an ensemble piece with FluidSynth, sends it over HTTP and
+reports the stage times the service recorded. Without --model-dir it writes a random-weight
+HTDemucs with the pretrained `htdemucs` architecture, which costs the same compute as the trained
+model (its stems are meaningless; the timing is not).
 """
 
 from __future__ import annotations
@@ -15,19 +16,16 @@ import json
 import logging
 import os
 import platform
-import socket
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-import ray
 import torch
-from ray import serve
 
+from benchmarks.local_service import local_service
 from deployments.demucs_models import write_random_htdemucs
-from serve_app.app import build_app
 from tests.music import ensemble, render
 
 logger = logging.getLogger("benchmarks.job_timing")
@@ -76,27 +74,9 @@ def main() -> None:
         write_random_htdemucs(model_dir, name=args.model, full_size=True)
     piece = render(ensemble(args.seconds), work / "piece.wav")
 
-    # Logical CPUs: the three replicas ask for 2.25 between them, more than a 2-core machine has,
-    # though the stages of one job never run at the same time.
-    ray.init(
-        num_cpus=(os.cpu_count() or 1) + 2,
-        num_gpus=None if torch.cuda.is_available() else 1,
-        include_dashboard=False,
-        log_to_driver=False,
-    )
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(
-        build_app({"data_dir": str(work / "data"), "demucs_model": args.model, "demucs_model_dir": str(model_dir)}),
-        name="stemscribe", route_prefix="/",
-    )  # fmt: skip
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600)
-    while client.get("/api/v1/health").json()["components"]["separation"]["detail"].get("state") == "loading":
-        time.sleep(0.5)
-
-    runs = [_run_job(client, piece, sep) for _ in range(args.runs) for sep in ("demucs", "none")]
+    settings = {"data_dir": str(work / "data"), "demucs_model": args.model, "demucs_model_dir": str(model_dir)}
+    with local_service(settings) as url, httpx.Client(base_url=url, timeout=600) as client:
+        runs = [_run_job(client, piece, sep) for _ in range(args.runs) for sep in ("demucs", "none")]
     report = {
         "date": datetime.now(UTC).date().isoformat(),
         "machine": _machine(),
@@ -120,8 +100,6 @@ def main() -> None:
         )
     (RESULTS / "job_timing.md").write_text("\n".join(lines) + "\n")
     logger.info("\n".join(lines))
-    serve.shutdown()
-    ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -244,8 +244,11 @@ class JobTracker:
         logger.info("job %s: attempt %d (%s)", job_id, attempt.number, options.separation.value)
         heartbeat = asyncio.create_task(self._heartbeat(attempt))
         try:
-            results = await self.pipeline.run(job_id, options, attempt)
-            await self._finish(attempt, JobStatus.SUCCEEDED, stage=Stage.DONE.value, progress=100.0, results=results)
+            output = await self.pipeline.run(job_id, options, attempt)
+            await self._finish(
+                attempt, JobStatus.SUCCEEDED, stage=Stage.DONE.value, progress=100.0,
+                results=output.results, analysis=output.analysis,
+            )  # fmt: skip
             logger.info("job %s succeeded", job_id)
         except Exception as exc:
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import tempfile
@@ -10,6 +11,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from deployments.beat_tracker import BeatTracker
+from deployments.hpss import hpss_stems
 from deployments.progress import CancelCheck, TrackerReporter
 from deployments.separator import DemucsSeparator, SeparationConfig
 from serve_app.domain import audio
@@ -31,6 +34,9 @@ class Separation:
         self.report = TrackerReporter(settings)
         self.repo = JobRepository(settings.database_url)
         self.engine: DemucsSeparator | None = None
+        self.beat_tracker = BeatTracker()
+        # librosa's first call compiles its numba code for seconds: pay that at start, beside the replica.
+        threading.Thread(target=self.beat_tracker.warm_up, name="beat-tracker-warm-up", daemon=True).start()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         config = SeparationConfig.model_validate(user_config)
@@ -62,12 +68,15 @@ class Separation:
         with self.storage.local_copy(keys.upload) as upload:
             self._maybe_crash(upload)
             mix = audio.decode(upload, self.settings.max_duration_seconds, self.settings.max_decoded_bytes)
+        # Beats come from the whole mix: every instrument helps, and it is there in every mode.
+        grid = self.beat_tracker.track(mix.samples, mix.sample_rate)
         self.report(job_id, Stage.DECODING, 1.0)
         if mode is SeparationMode.NONE:
             stems = {"mix": mix.samples}
         else:
             self.report(job_id, Stage.SEPARATING, 0.0)
-            stems = engine.separate(
+            split = engine.separate if mode is SeparationMode.DEMUCS else hpss_stems
+            stems = split(
                 mix,
                 progress=lambda f: self.report(job_id, Stage.SEPARATING, f),
                 should_stop=CancelCheck(self.repo, job_id),
@@ -78,6 +87,7 @@ class Separation:
                 path = Path(folder) / f"{name}.wav"
                 audio.write_wav(path, samples, mix.sample_rate)
                 self.storage.put_file(keys.stem(name), path)
+        self.storage.put_bytes(keys.beats, json.dumps(grid.to_json()).encode())
         return list(stems)
 
     def _maybe_crash(self, upload: Path) -> None:

@@ -1,4 +1,7 @@
-"""The transcription deployment: one stem's WAV in storage to its notes and MIDI in storage."""
+"""The transcription deployment: one stem's WAV in storage to its notes in storage.
+
+Pitched stems go to basic-pitch, the drums stem to the drum transcriber. The notes are kept raw;
+cleaning, the tempo map and the MIDI files are made when the job is packaged."""
 
 from __future__ import annotations
 
@@ -7,10 +10,13 @@ import json
 import logging
 from typing import Any
 
+import soundfile
+
+from deployments.drums import DrumTranscriber
 from deployments.transcriber import BasicPitchTranscriber, TranscriptionConfig
 from serve_app.domain.errors import ModelUnavailable
-from serve_app.domain.midi import build_midi, midi_bytes
-from serve_app.domain.options import NoteParameters, preset_for
+from serve_app.domain.midi import Note
+from serve_app.domain.options import NoteParameters, is_pitched, preset_for
 from serve_app.domain.storage import JobKeys, StorageBackend, storage_from_settings
 from serve_app.settings import Settings
 
@@ -26,6 +32,7 @@ class Transcription:
         self.storage: StorageBackend = storage_from_settings(settings)
         self.engine: BasicPitchTranscriber | None = None
         self.error: str | None = None
+        self.drums = DrumTranscriber()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         config = TranscriptionConfig.model_validate(user_config)
@@ -51,14 +58,17 @@ class Transcription:
         return await asyncio.to_thread(self._transcribe_stem, job_id, stem, NoteParameters(**requested))
 
     def _transcribe_stem(self, job_id: str, stem: str, requested: NoteParameters) -> int:
-        if self.engine is None:
-            raise ModelUnavailable(self.error or "The transcription model is not loaded.")
         keys = JobKeys(job_id)
-        parameters = requested.over(preset_for(stem).notes)
+        notes: list[Note]
         with self.storage.local_copy(keys.stem(stem)) as wav:
-            notes = self.engine.transcribe(wav, parameters)
-        self.storage.put_bytes(keys.stem_midi(stem), midi_bytes(build_midi({stem: notes})))
-        # The notes file goes last: its presence tells a later attempt this stem is done.
+            if is_pitched(stem):
+                if self.engine is None:
+                    raise ModelUnavailable(self.error or "The transcription model is not loaded.")
+                notes = self.engine.transcribe(wav, requested.over(preset_for(stem).notes))
+            else:
+                samples, sample_rate = soundfile.read(wav, dtype="float32", always_2d=True)
+                notes = self.drums.transcribe(samples.T, sample_rate)
+        # The notes file is the stage's only output: its presence tells a later attempt this stem is done.
         self.storage.put_bytes(keys.stem_notes(stem), json.dumps([n.to_json(stem) for n in notes]).encode())
         logger.info("job %s: %d notes in stem %s", job_id, len(notes), stem)
         return len(notes)

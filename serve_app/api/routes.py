@@ -19,7 +19,9 @@ from serve_app.api.access import find_job as _job
 from serve_app.api.errors import PROBLEM_RESPONSES, install_error_handlers
 from serve_app.api.events import build_events_router
 from serve_app.api.limits import UploadSizeLimit
-from serve_app.api.schemas import ComponentHealth, Health, JobAccepted, JobList, JobView, ResultLink
+from serve_app.api.schemas import (
+    ComponentHealth, Health, JobAccepted, JobList, JobView, MusicAnalysis, ResultLink,
+)  # fmt: skip
 from serve_app.api.services import OwnerDep, Services, ServicesDep
 from serve_app.api.uploads import display_name, store_upload
 from serve_app.domain.db import JobRow, as_utc, utcnow
@@ -37,7 +39,7 @@ from serve_app.domain.errors import (
     unwrap,
 )
 from serve_app.domain.jobs import JobStatus
-from serve_app.domain.options import JobOptions, NoteParameters, SeparationMode
+from serve_app.domain.options import JobOptions, MidiOptions, NoteParameters, QuantizeGrid, SeparationMode
 from serve_app.domain.storage import JobKeys
 from serve_app.domain.webhooks import check_target
 from serve_app.settings import Settings
@@ -74,6 +76,7 @@ def _view(request: Request, row: JobRow) -> JobView:
         created_at=as_utc(row.created_at), updated_at=as_utc(row.updated_at), started_at=as_utc(row.started_at),
         finished_at=as_utc(row.finished_at), error=row.error, stage_seconds=row.stage_seconds or {},
         attempts=row.attempts, expired_at=as_utc(row.expired_at), results=links,
+        analysis=MusicAnalysis.model_validate(row.analysis) if row.analysis and links else None,
     )  # fmt: skip
 
 
@@ -98,6 +101,13 @@ def build_router(settings: Settings) -> APIRouter:
         minimum_note_length_ms: Annotated[float | None, Form()] = None,
         minimum_frequency: Annotated[float | None, Form()] = None,
         maximum_frequency: Annotated[float | None, Form()] = None,
+        clean_ghost_notes: Annotated[bool, Form(description="Drop short, quiet ghost notes")] = True,
+        clean_octave_duplicates: Annotated[
+            bool, Form(description="Drop notes that double a louder note's harmonic an octave or twelfth up")
+        ] = True,
+        quantize_grid: Annotated[
+            QuantizeGrid, Form(description="Grid of transcription.quantized.mid; t = triplets")
+        ] = QuantizeGrid.SIXTEENTH,
         webhook_url: Annotated[str | None, Form(max_length=2000)] = None,
         webhook_progress: Annotated[bool, Form()] = False,
         idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
@@ -114,9 +124,14 @@ def build_router(settings: Settings) -> APIRouter:
             if services.settings.webhook_secret is None:
                 raise WebhookRefused("Webhooks are off on this server (no STEMSCRIBE_WEBHOOK_SECRET).")
             await asyncio.to_thread(check_target, webhook_url, services.settings.webhook_allow_private)
+        midi = MidiOptions(
+            clean_ghost_notes=clean_ghost_notes, clean_octave_duplicates=clean_octave_duplicates,
+            quantize_grid=quantize_grid,
+        )  # fmt: skip
         options = JobOptions(
-            separation=separation, notes=notes, webhook_url=webhook_url, webhook_progress=webhook_progress
-        )
+            separation=separation, notes=notes, midi=midi, webhook_url=webhook_url,
+            webhook_progress=webhook_progress,
+        )  # fmt: skip
         if owner is not None:
             await _check_limits(services, owner)
         if idempotency_key is None and await asyncio.to_thread(services.repo.count_queued) >= (
@@ -200,7 +215,10 @@ def build_router(settings: Settings) -> APIRouter:
 
     @router.get(
         "/jobs/{job_id}/results/{name:path}",
-        summary="Download one result: transcription.mid, notes.json, midi/<stem>.mid, stems/<stem>.wav",
+        summary=(
+            "Download one result: transcription.mid, transcription.quantized.mid, notes.json, "
+            "midi/<stem>.mid, stems/<stem>.wav"
+        ),
         response_class=StreamingResponse,
     )
     async def get_result(job_id: str, name: str, services: ServicesDep, owner: OwnerDep) -> StreamingResponse:

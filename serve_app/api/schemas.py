@@ -20,6 +20,13 @@ class ResultLink(BaseModel):
     url: str
 
 
+class MusicAnalysis(BaseModel):
+    tempo_bpm: float = Field(description="Tempo tracked from the mix; the MIDI's tempo map follows every beat")
+    time_signature: str = Field(examples=["4/4"])
+    key: str | None = Field(description='Estimated key, e.g. "A minor"; null when nothing pitched was found')
+    key_confidence: float | None = Field(description="Correlation of the key profile that won, -1..1")
+
+
 class JobView(BaseModel):
     job_id: str
     status: JobStatus
@@ -37,6 +44,7 @@ class JobView(BaseModel):
     attempts: int
     expired_at: datetime | None = Field(description="When retention removed the upload and results")
     results: list[ResultLink]
+    analysis: MusicAnalysis | None = Field(description="Tempo, meter and key once the job has succeeded")
 
 
 class JobList(BaseModel):

@@ -87,6 +87,8 @@ class JobRow(Base):
     expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # Ownership (revision 0003): the API key that made the job; None when authentication is off.
     owner: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    # Music analysis (revision 0004): tempo, time signature and key of a succeeded job.
+    analysis: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class ApiKeyRow(Base):

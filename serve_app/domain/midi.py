@@ -5,11 +5,17 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pretty_midi
 
 from serve_app.domain.options import preset_for
+from serve_app.domain.rhythm import DEFAULT_TICKS_PER_BEAT, BeatGrid
+from serve_app.domain.tempo_map import new_midi
+
+if TYPE_CHECKING:
+    from serve_app.domain.key import Key  # key.py builds on Note
 
 # basic-pitch's contour has 3 bins per semitone; MIDI's default bend range is +/-2 semitones.
 CONTOUR_BINS_PER_SEMITONE = 3
@@ -88,9 +94,14 @@ def instrument_for(stem: str, notes: Sequence[Note]) -> pretty_midi.Instrument:
     return instrument
 
 
-def build_midi(stems: Mapping[str, Sequence[Note]]) -> pretty_midi.PrettyMIDI:
-    """One named track per stem, in the order given, each with its stem's General MIDI program."""
-    midi = pretty_midi.PrettyMIDI(initial_tempo=120.0)
+def build_midi(
+    stems: Mapping[str, Sequence[Note]], grid: BeatGrid | None = None, key: Key | None = None
+) -> pretty_midi.PrettyMIDI:
+    """One named track per stem, in the order given, each with its stem's General MIDI program (drums
+    on channel 10), over the grid's tempo map and time signature, with the key's signature."""
+    midi = new_midi(grid, DEFAULT_TICKS_PER_BEAT)
+    if key is not None:
+        midi.key_signature_changes.append(pretty_midi.KeySignature(key.midi_key_number, 0.0))
     for stem, notes in stems.items():
         midi.instruments.append(instrument_for(stem, notes))
     return midi
@@ -102,7 +113,30 @@ def midi_bytes(midi: pretty_midi.PrettyMIDI) -> bytes:
     return buffer.getvalue()
 
 
-def notes_document(stems: Mapping[str, Sequence[Note]]) -> list[dict[str, object]]:
-    """notes.json: every note of every stem, ordered by start time."""
-    rows = [note.to_json(stem) for stem, notes in stems.items() for note in notes]
-    return sorted(rows, key=lambda r: (r["start"], r["stem"], r["pitch"]))  # type: ignore[return-value]
+def notes_document(
+    stems: Mapping[str, Sequence[Note]], grid: BeatGrid, key: Key | None
+) -> dict[str, object]:
+    """notes.json: the piece's tempo, meter, key and beats, then every note of every stem in time
+    order, each with the bar and beat it starts on (as a DAW shows them for transcription.mid)."""
+    rows = []
+    for stem, notes in stems.items():
+        for note in notes:
+            bar, beat = grid.bar_and_beat(note.start, ticks_per_beat=DEFAULT_TICKS_PER_BEAT)
+            rows.append({**note.to_json(stem), "bar": bar, "beat": round(beat, 3)})
+    rows.sort(key=lambda r: (r["start"], r["stem"], r["pitch"]))
+    return {
+        **analysis_summary(grid, key),
+        "beats": [round(t, 4) for t in grid.beats],
+        "downbeats": [round(t, 4) for t in grid.downbeats()],
+        "notes": rows,
+    }
+
+
+def analysis_summary(grid: BeatGrid, key: Key | None) -> dict[str, object]:
+    """What the job view shows of the music: tempo, time signature and key."""
+    return {
+        "tempo_bpm": round(grid.tempo_bpm, 2),
+        "time_signature": grid.time_signature,
+        "key": key.name if key else None,
+        "key_confidence": key.confidence if key else None,
+    }

@@ -13,7 +13,37 @@ MAX_FREQUENCY_HZ = 4186.0
 
 class SeparationMode(StrEnum):
     DEMUCS = "demucs"
+    # Harmonic/percussive split: no model weights, so it works air-gapped and on any CPU.
+    HPSS = "hpss"
     NONE = "none"
+
+
+class QuantizeGrid(StrEnum):
+    """The grid of transcription.quantized.mid, as a note value (a beat is a quarter note)."""
+
+    QUARTER = "1/4"
+    EIGHTH = "1/8"
+    EIGHTH_TRIPLET = "1/8t"
+    SIXTEENTH = "1/16"
+    SIXTEENTH_TRIPLET = "1/16t"
+    THIRTY_SECOND = "1/32"
+
+    @property
+    def divisions_per_beat(self) -> int:
+        return _DIVISIONS[self]
+
+
+_DIVISIONS = {"1/4": 1, "1/8": 2, "1/8t": 3, "1/16": 4, "1/16t": 6, "1/32": 8}
+
+
+class MidiOptions(BaseModel):
+    """How the notes become MIDI; each cleaning step can be switched off."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    clean_ghost_notes: bool = True
+    clean_octave_duplicates: bool = True
+    quantize_grid: QuantizeGrid = QuantizeGrid.SIXTEENTH
 
 
 class NoteParameters(BaseModel):
@@ -44,8 +74,23 @@ class JobOptions(BaseModel):
 
     separation: SeparationMode = SeparationMode.DEMUCS
     notes: NoteParameters = NoteParameters()
+    midi: MidiOptions = MidiOptions()
     webhook_url: str | None = None
     webhook_progress: bool = False
+
+
+class CleaningRules(BaseModel):
+    """Thresholds of the cleaning steps (serve_app/domain/cleaning.py), per stem preset."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Ghost notes: shorter than this AND quieter than this fraction of the stem's median velocity.
+    ghost_max_seconds: float = Field(default=0.3, gt=0)
+    ghost_velocity_ratio: float = Field(default=0.5, ge=0)
+    # Octave duplicates: starts within this of a note a harmonic interval below it...
+    duplicate_onset_window: float = Field(default=0.05, gt=0)
+    # ...and is at most this loud relative to it (0 switches the rule off for the stem).
+    duplicate_velocity_ratio: float = Field(default=0.6, ge=0)
 
 
 class StemPreset(BaseModel):
@@ -54,36 +99,47 @@ class StemPreset(BaseModel):
     program: int = Field(ge=0, le=127, description="General MIDI program, 0-based")
     pitched: bool = True
     notes: NoteParameters = NoteParameters()
+    cleaning: CleaningRules = CleaningRules()
 
 
-BASIC_PITCH_DEFAULTS = NoteParameters(
-    onset_threshold=0.5, frame_threshold=0.3, minimum_note_length_ms=127.7
+NO_CLEANING = CleaningRules(ghost_velocity_ratio=0.0, duplicate_velocity_ratio=0.0)
+
+# Chosen with `python -m benchmarks.tune_presets` on the evaluation set's tune half (README, "Presets"):
+# vocals/bass/other on isolated instrument renders, mix on whole mixes. Frequency ranges tie on clean
+# renders and are kept: they remove separation bleed (cymbal hash in "bass", rumble in "vocals").
+_OTHER = StemPreset(
+    program=0,  # Acoustic Grand Piano
+    notes=NoteParameters(onset_threshold=0.8, frame_threshold=0.2, minimum_note_length_ms=127.7),
+    cleaning=CleaningRules(ghost_velocity_ratio=0.8, ghost_max_seconds=1.0, duplicate_velocity_ratio=1.0),
 )
-
-# Programs are 0-based General MIDI numbers. Ranges keep each stem to where its instrument plays,
-# which removes separation bleed (cymbal hash in "bass", bass rumble in "vocals").
 DEFAULT_PRESETS: dict[str, StemPreset] = {
     "vocals": StemPreset(
         program=53,  # Voice Oohs
-        notes=BASIC_PITCH_DEFAULTS.model_copy(
-            update={"minimum_frequency": 80.0, "maximum_frequency": 1400.0, "minimum_note_length_ms": 100.0}
-        ),
+        notes=NoteParameters(
+            onset_threshold=0.8, frame_threshold=0.5, minimum_note_length_ms=127.7,
+            minimum_frequency=80.0, maximum_frequency=1400.0,
+        ),  # fmt: skip
+        cleaning=NO_CLEANING,
     ),
     "bass": StemPreset(
         program=33,  # Electric Bass (finger)
-        notes=BASIC_PITCH_DEFAULTS.model_copy(
-            update={"minimum_frequency": 30.0, "maximum_frequency": 400.0, "frame_threshold": 0.35}
-        ),
+        notes=NoteParameters(
+            onset_threshold=0.6, frame_threshold=0.6, minimum_note_length_ms=92.9,
+            minimum_frequency=30.0, maximum_frequency=400.0,
+        ),  # fmt: skip
+        cleaning=CleaningRules(ghost_velocity_ratio=0.6, ghost_max_seconds=0.2, duplicate_velocity_ratio=0.0),
     ),
-    "other": StemPreset(program=0, notes=BASIC_PITCH_DEFAULTS),  # Acoustic Grand Piano
-    "mix": StemPreset(program=0, notes=BASIC_PITCH_DEFAULTS),
+    "other": _OTHER,
+    "mix": StemPreset(
+        program=0,
+        notes=NoteParameters(onset_threshold=0.6, frame_threshold=0.6, minimum_note_length_ms=92.9),
+        cleaning=NO_CLEANING,
+    ),
+    # Drums: General MIDI percussion on channel 10; the program is the standard kit.
     "drums": StemPreset(program=0, pitched=False),
-    # htdemucs_6s stems
-    "guitar": StemPreset(
-        program=25,  # Acoustic Guitar (steel)
-        notes=BASIC_PITCH_DEFAULTS.model_copy(update={"minimum_frequency": 75.0}),
-    ),
-    "piano": StemPreset(program=0, notes=BASIC_PITCH_DEFAULTS),
+    # htdemucs_6s stems, with the "other" preset's parameters
+    "guitar": _OTHER.model_copy(update={"program": 25}),  # Acoustic Guitar (steel)
+    "piano": _OTHER,
 }
 
 

@@ -1,5 +1,6 @@
 """One attempt at a job, stage by stage: stems from the separation deployment, notes from the
-transcription deployment, then the MIDI and JSON a client downloads. Runs inside the job tracker.
+transcription deployment, then the MIDI and JSON a client downloads (cleaned notes over the tempo map
+tracked from the mix, with the key estimated from the notes). Runs inside the job tracker.
 
 Work already in storage from an earlier attempt is reused: stems once separated, notes per stem."""
 
@@ -8,11 +9,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+from serve_app.domain.cleaning import clean
 from serve_app.domain.jobs import Stage
-from serve_app.domain.midi import Note, build_midi, midi_bytes, notes_document
-from serve_app.domain.options import JobOptions, is_pitched
+from serve_app.domain.key import estimate_key
+from serve_app.domain.midi import Note, analysis_summary, build_midi, midi_bytes, notes_document
+from serve_app.domain.options import JobOptions, is_pitched, preset_for
+from serve_app.domain.quantize import quantize
+from serve_app.domain.rhythm import BeatGrid
 from serve_app.domain.storage import JobKeys, StorageBackend
 
 logger = logging.getLogger(__name__)
@@ -45,6 +51,12 @@ class AttemptContext(Protocol):
     async def stems_separated(self, stems: list[str]) -> None: ...
 
 
+@dataclass(frozen=True)
+class JobOutput:
+    results: list[str]  # result names, as the results route serves them
+    analysis: dict[str, Any]  # tempo, time signature and key, for the job view
+
+
 class JobPipeline:
     def __init__(
         self, storage: StorageBackend, separation: SeparationHandle, transcription: TranscriptionHandle
@@ -53,18 +65,19 @@ class JobPipeline:
         self.separation = separation
         self.transcription = transcription
 
-    async def run(self, job_id: str, options: JobOptions, ctx: AttemptContext) -> list[str]:
-        """Run every stage not yet done; returns the names of the job's results."""
+    async def run(self, job_id: str, options: JobOptions, ctx: AttemptContext) -> JobOutput:
+        """Run every stage not yet done."""
         keys = JobKeys(job_id)
         stems = ctx.known_stems
-        if stems is None or not await asyncio.to_thread(self._all_exist, [keys.stem(s) for s in stems]):
+        if stems is None or not await asyncio.to_thread(
+            self._all_exist, [keys.beats] + [keys.stem(s) for s in stems]
+        ):
             await ctx.checkpoint()
             # Decoding and separating both happen on the separation replica, which reports both stages.
             await ctx.report(Stage.DECODING, 0.0)
             stems = list(await self.separation.prepare_stems.remote(job_id, options.separation.value))
             await ctx.stems_separated(stems)
 
-        pitched = [stem for stem in stems if is_pitched(stem)]
         await ctx.checkpoint()
         await ctx.report(Stage.TRANSCRIBING, 0.0)
         done = 0
@@ -75,32 +88,44 @@ class JobPipeline:
                 await ctx.checkpoint()
                 await self.transcription.transcribe_stem.remote(job_id, stem, options.notes.model_dump())
             done += 1
-            await ctx.report(Stage.TRANSCRIBING, done / len(pitched))
+            await ctx.report(Stage.TRANSCRIBING, done / len(stems))
 
         # Stems go out together so that several transcription replicas can share them.
-        await asyncio.gather(*(transcribe(stem) for stem in pitched))
+        await asyncio.gather(*(transcribe(stem) for stem in stems))
 
         await ctx.checkpoint()
         await ctx.report(Stage.PACKAGING, 0.0)
-        await asyncio.to_thread(self._package, job_id, pitched)
-        return result_names(stems, pitched)
+        analysis = await asyncio.to_thread(self._package, job_id, stems, options)
+        return JobOutput(result_names(stems), analysis)
 
     def _all_exist(self, keys: list[str]) -> bool:
         return all(self.storage.exists(key) for key in keys)
 
-    def _package(self, job_id: str, pitched: list[str]) -> None:
+    def _package(self, job_id: str, stems: list[str], options: JobOptions) -> dict[str, Any]:
         keys = JobKeys(job_id)
+        grid = BeatGrid.from_json(json.loads(self.storage.get_bytes(keys.beats)))
         notes: dict[str, list[Note]] = {}
-        for stem in pitched:
-            rows = json.loads(self.storage.get_bytes(keys.stem_notes(stem)))
-            notes[stem] = [Note.from_json(row) for row in rows]
-        self.storage.put_bytes(keys.result("transcription.mid"), midi_bytes(build_midi(notes)))
-        self.storage.put_bytes(keys.result("notes.json"), json.dumps(notes_document(notes)).encode())
+        for stem in stems:
+            raw = [Note.from_json(row) for row in json.loads(self.storage.get_bytes(keys.stem_notes(stem)))]
+            notes[stem] = clean(raw, options.midi, preset_for(stem).cleaning) if is_pitched(stem) else raw
+        key = estimate_key(note for stem in stems if is_pitched(stem) for note in notes[stem])
+        divisions = options.midi.quantize_grid.divisions_per_beat
+        quantized = {stem: quantize(stem_notes, grid, divisions) for stem, stem_notes in notes.items()}
+
+        def put_midi(name: str, tracks: dict[str, list[Note]]) -> None:
+            self.storage.put_bytes(keys.result(name), midi_bytes(build_midi(tracks, grid, key)))
+
+        put_midi("transcription.mid", notes)
+        put_midi("transcription.quantized.mid", quantized)
+        for stem in stems:
+            put_midi(f"midi/{stem}.mid", {stem: notes[stem]})
+        self.storage.put_bytes(keys.result("notes.json"), json.dumps(notes_document(notes, grid, key)).encode())
+        return analysis_summary(grid, key)
 
 
-def result_names(stems: list[str], pitched: list[str]) -> list[str]:
+def result_names(stems: list[str]) -> list[str]:
     return (
-        ["transcription.mid", "notes.json"]
-        + [f"midi/{stem}.mid" for stem in pitched]
+        ["transcription.mid", "transcription.quantized.mid", "notes.json"]
+        + [f"midi/{stem}.mid" for stem in stems]
         + [f"stems/{stem}.wav" for stem in stems]
     )

@@ -50,6 +50,11 @@ class JobKeys:
     def stem_notes(self, stem: str) -> str:
         return _checked(f"{self.prefix}/work/notes_{stem}.json")
 
+    @property
+    def beats(self) -> str:
+        """The beat grid tracked on the whole mix, written with the stems."""
+        return f"{self.prefix}/work/beats.json"
+
 
 class StorageBackend(ABC):
     @abstractmethod

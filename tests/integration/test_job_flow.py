@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import mido
 import mir_eval
 import numpy as np
 import pretty_midi
@@ -15,7 +16,8 @@ import soundfile
 
 from deployments.demucs_models import DEFAULT_TEST_MODEL
 from tests.integration.conftest import Service, deploy, undeploy
-from tests.music import melody, render
+from serve_app.domain.drum_kit import drum_class
+from tests.music import ensemble, melody, render
 
 pytestmark = pytest.mark.integration
 
@@ -38,6 +40,24 @@ def service(request: pytest.FixtureRequest, serve_url: str, model_dir: Path, tmp
 def piano(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pretty_midi.PrettyMIDI]:
     truth = melody(program=0, seconds=10.0)
     return render(truth, tmp_path_factory.mktemp("audio") / "piano.wav"), truth
+
+
+@pytest.fixture(scope="module")
+def band(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pretty_midi.PrettyMIDI]:
+    """Piano melody, bass, strings and drums at 100 BPM in C major, 4/4."""
+    truth = ensemble(seconds=12.0)
+    return render(truth, tmp_path_factory.mktemp("audio") / "band.wav"), truth
+
+
+def _tracks(data: bytes) -> dict[str, tuple[int, bool]]:
+    """Track name -> (GM program, on the percussion channel), read with mido: pretty_midi skips empty tracks."""
+    tracks = {}
+    for track in mido.MidiFile(file=io.BytesIO(data)).tracks:
+        names = [m.name for m in track if m.type == "track_name"]
+        programs = [(m.program, m.channel == 9) for m in track if m.type == "program_change"]
+        if names:
+            tracks[names[0]] = programs[0]
+    return tracks
 
 
 def _intervals_and_pitches(notes: list) -> tuple[np.ndarray, np.ndarray]:
@@ -70,7 +90,7 @@ def test_whole_mix_transcription_matches_the_score(service: Service, piano) -> N
     seen = service.seen_progress[accepted["job_id"]]
     assert seen == sorted(seen), "progress went backwards"
     assert {r["name"] for r in job["results"]} == {
-        "transcription.mid", "notes.json", "midi/mix.mid", "stems/mix.wav",
+        "transcription.mid", "transcription.quantized.mid", "notes.json", "midi/mix.mid", "stems/mix.wav",
     }  # fmt: skip
 
     midi = pretty_midi.PrettyMIDI(io.BytesIO(service.result(job, "transcription.mid")))
@@ -82,12 +102,85 @@ def test_whole_mix_transcription_matches_the_score(service: Service, piano) -> N
     # 0.8 leaves room for numerical noise yet fails on shifted times, a wrong rate or lost notes.
     assert f1 >= 0.8, f"note-onset F1 {f1:.3f}"
 
-    notes = json.loads(service.result(job, "notes.json"))
+    document = json.loads(service.result(job, "notes.json"))
+    notes = document["notes"]
     assert len(notes) == len(midi.instruments[0].notes)
-    assert {"stem", "start", "end", "pitch", "velocity", "pitch_bends"} <= set(notes[0])
+    assert {"stem", "start", "end", "pitch", "velocity", "pitch_bends", "bar", "beat"} <= set(notes[0])
     assert all(n["stem"] == "mix" and 0 <= n["start"] < n["end"] for n in notes)
     per_stem = pretty_midi.PrettyMIDI(io.BytesIO(service.result(job, "midi/mix.mid")))
     assert len(per_stem.instruments[0].notes) == len(notes)
+
+
+def test_tempo_meter_and_key_reach_the_job_the_json_and_the_midi(service: Service, band) -> None:
+    path, _ = band
+    job = service.wait(service.submit(path, separation="none").json()["job_id"])
+    assert job["status"] == "succeeded", job["error"]
+    analysis = job["analysis"]
+    assert analysis["tempo_bpm"] == pytest.approx(100.0, rel=0.04)
+    assert (analysis["key"], analysis["time_signature"]) == ("C major", "4/4")
+
+    document = json.loads(service.result(job, "notes.json"))
+    assert {k: document[k] for k in analysis} == analysis
+    assert np.median(np.diff(document["beats"])) == pytest.approx(0.6, rel=0.04)
+
+    midi = pretty_midi.PrettyMIDI(io.BytesIO(service.result(job, "transcription.mid")))
+    assert [(k.key_number, k.time) for k in midi.key_signature_changes] == [(0, 0.0)]  # C major
+    assert [(t.numerator, t.denominator) for t in midi.time_signature_changes] == [(4, 4)]
+    # The tempo map puts every tracked beat on a beat of the file: bars line up in a DAW.
+    for beat_time in document["beats"]:
+        assert midi.time_to_tick(beat_time) % midi.resolution in (0, 1, midi.resolution - 1)
+    # ... and the notes keep their real times.
+    starts = sorted(n.start for n in midi.instruments[0].notes)
+    assert starts == pytest.approx(sorted(n["start"] for n in document["notes"]), abs=0.002)
+    for row in document["notes"]:
+        bar, beat = row["bar"], row["beat"]
+        tick = midi.time_to_tick(row["start"])
+        assert (bar - 1) * 4 + (beat - 1) == pytest.approx(tick / midi.resolution, abs=0.01)
+
+
+def test_quantized_midi_snaps_to_the_grid_the_job_asked_for(service: Service, piano) -> None:
+    path, _ = piano
+    job = service.wait(service.submit(path, separation="none", quantize_grid="1/8t").json()["job_id"])
+    assert job["status"] == "succeeded", job["error"]
+    assert job["options"]["midi"]["quantize_grid"] == "1/8t"
+    midi = pretty_midi.PrettyMIDI(io.BytesIO(service.result(job, "transcription.quantized.mid")))
+    step = midi.resolution // 3  # eighth-note triplets: three per beat
+    ticks = [midi.time_to_tick(t) for n in midi.instruments[0].notes for t in (n.start, n.end)]
+    assert ticks and all(min(t % step, step - t % step) <= 1 for t in ticks)
+    unquantized = pretty_midi.PrettyMIDI(io.BytesIO(service.result(job, "transcription.mid")))
+    assert len(midi.instruments[0].notes) <= len(unquantized.instruments[0].notes)
+
+
+def test_cleaning_steps_can_be_switched_off_per_job(service: Service, piano) -> None:
+    path, _ = piano
+    off = service.submit(path, separation="none", clean_ghost_notes="false", clean_octave_duplicates="false")
+    job = service.wait(off.json()["job_id"])
+    assert job["status"] == "succeeded", job["error"]
+    assert job["options"]["midi"]["clean_ghost_notes"] is False
+    assert job["options"]["midi"]["clean_octave_duplicates"] is False
+    raw = json.loads(service.result(job, "notes.json"))["notes"]
+    on = service.wait(service.submit(path, separation="none").json()["job_id"])
+    cleaned = json.loads(service.result(on, "notes.json"))["notes"]
+    assert {(n["start"], n["pitch"]) for n in cleaned} <= {(n["start"], n["pitch"]) for n in raw}
+
+
+def test_hpss_gives_drums_on_channel_ten_without_model_weights(service: Service, band) -> None:
+    path, truth = band
+    job = service.wait(service.submit(path, separation="hpss").json()["job_id"])
+    assert job["status"] == "succeeded", job["error"]
+    assert {r["name"] for r in job["results"]} >= {"stems/drums.wav", "stems/other.wav", "midi/drums.mid"}
+    midi = pretty_midi.PrettyMIDI(io.BytesIO(service.result(job, "transcription.mid")))
+    tracks = {inst.name: inst for inst in midi.instruments}
+    assert set(tracks) == {"drums", "other"} and tracks["drums"].is_drum and not tracks["other"].is_drum
+    found = {drum_class(n.pitch) for n in tracks["drums"].notes}
+    assert {"kick", "snare", "hihat_closed"} <= found
+    reference = [n for inst in truth.instruments if inst.is_drum for n in inst.notes]
+    for cls in ("kick", "snare"):
+        ref = np.array([n.start for n in reference if drum_class(n.pitch) == cls])
+        est = np.array(sorted(n.start for n in tracks["drums"].notes if drum_class(n.pitch) == cls))
+        f1, _, _ = mir_eval.onset.f_measure(ref, est, window=0.05)
+        # Kick and snare come through the percussive part of a full mix almost intact (see the harness).
+        assert f1 >= 0.7, f"{cls} onset F1 {f1:.2f}"
 
 
 def test_demucs_stems_keep_the_input_length_and_rate(service: Service, tmp_path: Path) -> None:
@@ -105,12 +198,11 @@ def test_demucs_stems_keep_the_input_length_and_rate(service: Service, tmp_path:
         info = soundfile.info(io.BytesIO(service.result(job, f"stems/{stem}.wav")))
         assert (info.samplerate, info.frames, info.channels) == (48000, input_info.frames, input_info.channels)
 
-    midi = pretty_midi.PrettyMIDI(io.BytesIO(service.result(job, "transcription.mid")))
-    tracks = {inst.name: inst.program for inst in midi.instruments}
-    assert tracks == {"vocals": 53, "bass": 33, "other": 0}  # drums stay out of the MIDI for now
-    for stem in ("vocals", "bass", "other"):
-        per_stem = pretty_midi.PrettyMIDI(io.BytesIO(service.result(job, f"midi/{stem}.mid")))
-        assert [inst.name for inst in per_stem.instruments] == [stem]
+    # Every stem has its named track, even one with no notes (random weights leave some stems empty).
+    tracks = _tracks(service.result(job, "transcription.mid"))
+    assert tracks == {"vocals": (53, False), "bass": (33, False), "other": (0, False), "drums": (0, True)}
+    for stem in ("vocals", "bass", "other", "drums"):
+        assert list(_tracks(service.result(job, f"midi/{stem}.mid"))) == [stem]
 
 
 def test_jobs_beyond_the_concurrency_limit_wait_in_the_queue(service: Service, piano) -> None:

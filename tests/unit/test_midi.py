@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import io
 
+import mido
 import pretty_midi
 import pytest
 
+from serve_app.domain.key import Key
 from serve_app.domain.midi import Note, PitchBend, build_midi, midi_bytes, notes_document, notes_from_basic_pitch
+from serve_app.domain.rhythm import BeatGrid
 
 
 def _reload(midi: pretty_midi.PrettyMIDI) -> pretty_midi.PrettyMIDI:
@@ -53,12 +56,45 @@ def test_basic_pitch_events_become_notes_and_overlapping_bends_are_dropped() -> 
     assert [(b.time, b.semitones) for b in notes[2].pitch_bends] == [(2.0, 0.0), (3.0, 1.0)]
 
 
-def test_notes_document_lists_every_note_in_time_order_and_round_trips() -> None:
-    stems = {"bass": [Note(1.0, 2.0, 40, 90)], "vocals": [Note(0.5, 0.9, 70, 60, (PitchBend(0.5, 0.25),))]}
-    rows = notes_document(stems)
+def test_notes_document_lists_every_note_in_time_order_with_its_bar_and_beat() -> None:
+    grid = BeatGrid.steady(120.0, 10.0)  # beats every 0.5 s from 0, 4/4
+    key = Key(tonic=9, mode="minor", confidence=0.8)
+    stems = {"bass": [Note(2.25, 3.0, 40, 90)], "vocals": [Note(0.5, 0.9, 70, 60, (PitchBend(0.5, 0.25),))]}
+    document = notes_document(stems, grid, key)
+    assert (document["tempo_bpm"], document["time_signature"], document["key"]) == (120.0, "4/4", "A minor")
+    assert document["beats"][:3] == [0.0, 0.5, 1.0] and document["downbeats"][:2] == [0.0, 2.0]
+    rows = document["notes"]
     assert [r["stem"] for r in rows] == ["vocals", "bass"]
     assert rows[0] == {
         "stem": "vocals", "start": 0.5, "end": 0.9, "pitch": 70, "velocity": 60,
-        "pitch_bends": [{"time": 0.5, "semitones": 0.25}],
+        "pitch_bends": [{"time": 0.5, "semitones": 0.25}], "bar": 1, "beat": 2.0,
     }  # fmt: skip
+    assert (rows[1]["bar"], rows[1]["beat"]) == (2, 1.5)  # 2.25 s: half a beat after bar 2
     assert Note.from_json(rows[0]) == stems["vocals"][0]
+
+
+def test_the_file_carries_the_tempo_map_time_signature_and_key() -> None:
+    grid = BeatGrid.steady(90.0, 20.0, beats_per_bar=3)
+    midi = _reload(build_midi({"other": [Note(1.0, 2.0, 60, 80)]}, grid, Key(tonic=2, mode="major", confidence=0.9)))
+    assert midi.resolution == 480
+    _, tempi = midi.get_tempo_changes()
+    assert tempi[0] == pytest.approx(90.0, rel=1e-4)
+    assert [(t.numerator, t.denominator) for t in midi.time_signature_changes] == [(3, 4)]
+    assert [k.key_number for k in midi.key_signature_changes] == [2]  # D major
+    assert midi.instruments[0].notes[0].start == pytest.approx(1.0, abs=1e-3)
+
+
+def test_drums_go_to_channel_ten_and_bends_to_their_stems_own_channel() -> None:
+    bent = Note(0.0, 1.0, 60, 80, (PitchBend(0.0, 0.0), PitchBend(0.5, 1.0)))
+    stems = {"vocals": [bent], "drums": [Note(0.0, 0.1, 36, 100)], "bass": [Note(0.0, 1.0, 40, 80)]}
+    data = midi_bytes(build_midi(stems, BeatGrid.steady(120.0, 4.0)))
+    channels: dict[str, set[tuple[str, int]]] = {}
+    for track in mido.MidiFile(file=io.BytesIO(data)).tracks:
+        name = next((m.name for m in track if m.type == "track_name"), None)
+        if name:
+            channels[name] = {(m.type, m.channel) for m in track if m.type in ("note_on", "pitchwheel")}
+    assert {c for _, c in channels["drums"]} == {9}  # MIDI channel 10, General MIDI percussion
+    vocal_channels = {c for _, c in channels["vocals"]}
+    assert len(vocal_channels) == 1 and ("pitchwheel", vocal_channels.pop()) in channels["vocals"]
+    assert not any(kind == "pitchwheel" for kind, _ in channels["bass"])
+    assert {c for _, c in channels["vocals"]}.isdisjoint({c for _, c in channels["bass"]})

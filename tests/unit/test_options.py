@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from serve_app.domain.options import NoteParameters, is_pitched, preset_for
+from serve_app.domain.options import JobOptions, MidiOptions, NoteParameters, QuantizeGrid, is_pitched, preset_for
 
 
 def test_requested_parameters_override_only_what_they_set() -> None:
@@ -22,6 +22,22 @@ def test_out_of_range_parameters_are_refused(kwargs: dict) -> None:
         NoteParameters(**kwargs)
 
 
-def test_drums_are_kept_out_of_the_midi_and_other_stems_are_pitched() -> None:
+def test_drums_go_to_the_drum_transcriber_and_other_stems_to_basic_pitch() -> None:
     assert not is_pitched("drums")
     assert all(is_pitched(stem) for stem in ("vocals", "bass", "other", "mix", "guitar", "piano"))
+
+
+def test_cleaning_is_on_by_default_and_each_step_can_be_switched_off() -> None:
+    assert JobOptions().midi == MidiOptions(clean_ghost_notes=True, clean_octave_duplicates=True)
+    off = JobOptions.model_validate({"midi": {"clean_ghost_notes": False}})
+    assert not off.midi.clean_ghost_notes and off.midi.clean_octave_duplicates
+
+
+@pytest.mark.parametrize(("grid", "divisions"), [("1/4", 1), ("1/8", 2), ("1/8t", 3), ("1/16", 4), ("1/16t", 6)])
+def test_quantize_grids_are_note_values_of_a_quarter_note_beat(grid: str, divisions: int) -> None:
+    assert QuantizeGrid(grid).divisions_per_beat == divisions
+
+
+def test_an_unknown_quantize_grid_is_refused() -> None:
+    with pytest.raises(ValidationError):
+        MidiOptions.model_validate({"quantize_grid": "1/5"})

@@ -1,0 +1,93 @@
+"""The whole service on this machine, for benchmarks: a local Ray cluster, Serve on a free port,
+the application from `serve_app.app:build_app`, and the URL once it answers.
+
+    with local_service({"data_dir": "/tmp/x", "demucs_model": ..., "demucs_model_dir": ...}) as url:
+        httpx.get(f"{url}/api/v1/health")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+logger = logging.getLogger(__name__)
+
+APP_NAME = "stemscribe"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def has_cuda() -> bool:
+    """Without importing torch (slow): a visible NVIDIA device means CUDA for Demucs."""
+    if shutil.which("nvidia-smi") is None:
+        return False
+    return subprocess.run(["nvidia-smi", "-L"], capture_output=True, check=False).returncode == 0
+
+
+def wait_until_ready(url: str, timeout: float = 600.0) -> dict[str, Any]:
+    """Wait until no model is still loading; returns the last health report.
+
+    A model that failed to load does not count as loading: the service then runs what it can
+    (`separation=none`), and the caller decides from the report whether that is enough.
+    """
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=url, timeout=30) as client:
+        while True:
+            try:
+                health = client.get("/api/v1/health").json()
+                states = [health["components"][c]["detail"].get("state") for c in ("separation", "transcription")]
+                if "loading" not in states and None not in states:
+                    return dict(health)
+            except (httpx.HTTPError, KeyError, ValueError):
+                pass  # the proxy answers before the application is up
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the service at {url} was not ready after {timeout:g} s")
+            time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def local_service(settings: dict[str, Any], *, num_cpus: int | None = None) -> Iterator[str]:
+    """Start Ray, Serve and the app with `settings` (Settings fields); yield its base URL; stop it all.
+
+    Laptop defaults: authentication off unless `settings` says otherwise (it listens on 127.0.0.1 only).
+    """
+    import ray
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    cuda = has_cuda()
+    # Logical CPUs: the three replicas ask for 2.25 between them, more than a 2-core machine has,
+    # though the stages of one job never run at the same time. Without CUDA, one logical GPU lets the
+    # 0.5-GPU replicas schedule; the code falls back to the CPU.
+    ray.init(
+        num_cpus=num_cpus or (os.cpu_count() or 1) + 2,
+        num_gpus=None if cuda else 1,
+        include_dashboard=False,
+        log_to_driver=False,
+    )
+    try:
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app({"auth_required": False, **settings}), name=APP_NAME, route_prefix="/")
+        url = f"http://127.0.0.1:{port}"
+        wait_until_ready(url)
+        logger.info("service up at %s", url)
+        yield url
+    finally:
+        with contextlib.suppress(Exception):
+            serve.shutdown()
+        ray.shutdown()
