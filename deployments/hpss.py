@@ -2,8 +2,8 @@
 
 Median filtering across time keeps sustained partials (harmonic), across frequency keeps broadband
 transients (percussive). It needs nothing downloaded and runs in seconds on any CPU, so air-gapped and
-CPU-only users still get a drums stem. The harmonic part carries everything pitched (bass included),
-so it becomes the "other" stem.
+CPU-only users still get a drums stem. The harmonic part carries everything pitched (bass included):
+it is a mix without its drums, so its stem, "harmonic", is transcribed with the mix's preset.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from serve_app.domain.audio import DecodedAudio
 from serve_app.domain.errors import JobCanceled
 
-HARMONIC_STEM = "other"
+HARMONIC_STEM = "harmonic"
 PERCUSSIVE_STEM = "drums"
 
 
@@ -37,7 +37,7 @@ def hpss_stems(
     progress: Callable[[float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, np.ndarray]:
-    """{"drums": percussive, "other": harmonic}, each with the input's rate, channels and length."""
+    """{"drums": percussive, "harmonic": harmonic}, each with the input's rate, channels and length."""
     import librosa
 
     config = config or HpssConfig()

@@ -13,7 +13,8 @@ MAX_FREQUENCY_HZ = 4186.0
 
 class SeparationMode(StrEnum):
     DEMUCS = "demucs"
-    # Harmonic/percussive split: no model weights, so it works air-gapped and on any CPU.
+    # Harmonic/percussive split (stems "drums" and "harmonic"): no model weights, so it works
+    # air-gapped and on any CPU.
     HPSS = "hpss"
     NONE = "none"
 
@@ -112,6 +113,11 @@ _OTHER = StemPreset(
     notes=NoteParameters(onset_threshold=0.8, frame_threshold=0.2, minimum_note_length_ms=127.7),
     cleaning=CleaningRules(ghost_velocity_ratio=0.8, ghost_max_seconds=1.0, duplicate_velocity_ratio=1.0),
 )
+_MIX = StemPreset(
+    program=0,
+    notes=NoteParameters(onset_threshold=0.6, frame_threshold=0.6, minimum_note_length_ms=92.9),
+    cleaning=NO_CLEANING,
+)
 DEFAULT_PRESETS: dict[str, StemPreset] = {
     "vocals": StemPreset(
         program=53,  # Voice Oohs
@@ -130,11 +136,9 @@ DEFAULT_PRESETS: dict[str, StemPreset] = {
         cleaning=CleaningRules(ghost_velocity_ratio=0.6, ghost_max_seconds=0.2, duplicate_velocity_ratio=0.0),
     ),
     "other": _OTHER,
-    "mix": StemPreset(
-        program=0,
-        notes=NoteParameters(onset_threshold=0.6, frame_threshold=0.6, minimum_note_length_ms=92.9),
-        cleaning=NO_CLEANING,
-    ),
+    "mix": _MIX,
+    # separation=hpss: the mix without its drums
+    "harmonic": _MIX,
     # Drums: General MIDI percussion on channel 10; the program is the standard kit.
     "drums": StemPreset(program=0, pitched=False),
     # htdemucs_6s stems, with the "other" preset's parameters

@@ -168,10 +168,10 @@ def test_hpss_gives_drums_on_channel_ten_without_model_weights(service: Service,
     path, truth = band
     job = service.wait(service.submit(path, separation="hpss").json()["job_id"])
     assert job["status"] == "succeeded", job["error"]
-    assert {r["name"] for r in job["results"]} >= {"stems/drums.wav", "stems/other.wav", "midi/drums.mid"}
+    assert {r["name"] for r in job["results"]} >= {"stems/drums.wav", "stems/harmonic.wav", "midi/drums.mid"}
     midi = pretty_midi.PrettyMIDI(io.BytesIO(service.result(job, "transcription.mid")))
     tracks = {inst.name: inst for inst in midi.instruments}
-    assert set(tracks) == {"drums", "other"} and tracks["drums"].is_drum and not tracks["other"].is_drum
+    assert set(tracks) == {"drums", "harmonic"} and tracks["drums"].is_drum and not tracks["harmonic"].is_drum
     found = {drum_class(n.pitch) for n in tracks["drums"].notes}
     assert {"kick", "snare", "hihat_closed"} <= found
     reference = [n for inst in truth.instruments if inst.is_drum for n in inst.notes]

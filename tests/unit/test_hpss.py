@@ -36,9 +36,9 @@ def _energy(x: np.ndarray) -> float:
 def test_drums_land_in_the_drums_stem_and_a_string_pad_in_other(tmp_path: Path) -> None:
     drums = hpss_stems(_decoded(_part(0, True, [36, 42, 38, 42], 0.1), tmp_path / "drums.wav"))
     pad = hpss_stems(_decoded(_part(48, False, [60, 64, 67], 0.5), tmp_path / "pad.wav"))
-    assert set(drums) == set(pad) == {"drums", "other"}
-    assert _energy(drums["drums"]) > 2 * _energy(drums["other"])
-    assert _energy(pad["other"]) > 5 * _energy(pad["drums"])
+    assert set(drums) == set(pad) == {"drums", "harmonic"}
+    assert _energy(drums["drums"]) > 2 * _energy(drums["harmonic"])
+    assert _energy(pad["harmonic"]) > 5 * _energy(pad["drums"])
 
 
 def test_stems_keep_the_input_shape_and_add_up_to_the_mix(tmp_path: Path) -> None:
@@ -46,7 +46,7 @@ def test_stems_keep_the_input_shape_and_add_up_to_the_mix(tmp_path: Path) -> Non
     stems = hpss_stems(mix)
     for samples in stems.values():
         assert samples.shape == mix.samples.shape and samples.dtype == np.float32
-    residual = mix.samples - stems["drums"] - stems["other"]
+    residual = mix.samples - stems["drums"] - stems["harmonic"]
     assert _energy(residual) < 1e-3 * _energy(mix.samples)
 
 
