@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks import scoring
-from benchmarks.evaluate import DEFAULT_OUT, git_commit, machine
 from benchmarks.evalset import DEFAULT_CACHE, ROLE_STEM, RenderedPiece, TruthNote, build, select
+from benchmarks.report import DEFAULT_OUT, git_commit, machine
 from serve_app.domain.cleaning import clean
 from serve_app.domain.midi import Note
 from serve_app.domain.options import NO_CLEANING, CleaningRules, MidiOptions, preset_for
