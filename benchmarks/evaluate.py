@@ -102,7 +102,7 @@ def _service_url(options: Options) -> Iterator[str | None]:
                 model, model_dir = options.demucs_model, options.demucs_model_dir
             else:
                 # none/hpss need no weights; a small random model keeps the service healthy and quick.
-                from deployments.demucs_models import DEFAULT_TEST_MODEL, write_random_htdemucs
+                from music.engines.demucs_models import DEFAULT_TEST_MODEL, write_random_htdemucs
 
                 model, model_dir = DEFAULT_TEST_MODEL, Path(work) / "models"
                 write_random_htdemucs(model_dir)

@@ -14,7 +14,9 @@ import shutil
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,12 +24,64 @@ import httpx
 logger = logging.getLogger(__name__)
 
 APP_NAME = "stemscribe"
+# The PostgreSQL server the integration tests and the chaos benchmark create their databases on.
+POSTGRES_URL = os.environ.get("STEMSCRIBE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def processes_naming(folder: Path) -> dict[int, str]:
+    """Live processes whose command line names `folder`, pid to command line. Ray's processes carry their
+    session folder, so this finds one cluster's processes (started with its own RAY_TMPDIR) and no other's."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if str(folder) in cmdline:
+                found[int(entry.name)] = cmdline
+    return found
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """A new, empty database on the real PostgreSQL server, dropped afterwards."""
+    import psycopg
+
+    name = f"stemscribe_test_{uuid.uuid4().hex[:8]}"
+    admin = POSTGRES_URL.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base, _, _ = admin.rpartition("/")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def replica_actors(deployment: str, app: str = APP_NAME) -> list[str]:
+    """The live replica actors of one deployment of the application, by actor name (namespace `serve`),
+    on the Ray cluster this process is connected to."""
+    import ray
+
+    return [
+        a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == "serve" and f"{app}#{deployment}#" in a["name"]
+    ]  # fmt: skip
+
+
+def kill_replica(name: str) -> None:
+    """Kill one Serve replica actor by name, as a crash would: no graceful shutdown, Serve starts another."""
+    import ray
+
+    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
 
 
 def has_cuda() -> bool:

@@ -16,7 +16,7 @@ Conventions (they decide what the numbers mean, so they are fixed here):
 - Key: exact match (tonic and mode, enharmonics equal) and mir_eval.key.weighted_score (fifth 0.5,
   relative 0.3, parallel 0.2). An estimate that is not a key mir_eval can read scores 0.
 - Drums: onset F-measure per class (mir_eval.onset.f_measure, 50 ms window), classes from
-  serve_app.domain.drum_kit.drum_class; "hihat" pools closed and open hi-hats (was a hi-hat hit
+  music.drum_kit.drum_class; "hihat" pools closed and open hi-hats (was a hi-hat hit
   found at all). Notes in no class (congas...) and classes nobody reports (toms, cymbals) are not scored.
 """
 
@@ -32,7 +32,7 @@ from typing import Protocol
 import mir_eval
 import numpy as np
 
-from serve_app.domain.drum_kit import HIHAT_CLOSED, HIHAT_OPEN, KICK, SNARE, drum_class
+from music.drum_kit import HIHAT_CLOSED, HIHAT_OPEN, KICK, SNARE, drum_class
 
 logger = logging.getLogger(__name__)
 

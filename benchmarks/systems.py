@@ -95,7 +95,7 @@ class Baseline:
     def __init__(self) -> None:
         from basic_pitch.inference import Model
 
-        from deployments.transcriber import bundled_onnx_model
+        from music.engines.transcriber import bundled_onnx_model
 
         self.model = Model(bundled_onnx_model())
 
@@ -119,8 +119,8 @@ class Oracle:
     service's cleaning with that stem's rules: perfect separation, everything else as the service."""
 
     def __init__(self, requested: dict[str, float] | None = None) -> None:
-        from deployments.transcriber import BasicPitchTranscriber, TranscriptionConfig
-        from serve_app.domain.options import NoteParameters
+        from music.engines.transcriber import BasicPitchTranscriber, TranscriptionConfig
+        from music.presets import NoteParameters
 
         self.pitched = BasicPitchTranscriber(TranscriptionConfig())
         self.requested = NoteParameters(**(requested or {}))
@@ -128,7 +128,7 @@ class Oracle:
 
     def _drum_engine(self) -> Any:
         if self._drums is None:
-            from deployments.drums import DrumTranscriber
+            from music.engines.drums import DrumTranscriber
 
             self._drums = DrumTranscriber()
         return self._drums
@@ -136,8 +136,8 @@ class Oracle:
     def run(self, piece: RenderedPiece) -> Transcript:
         import soundfile
 
-        from serve_app.domain.cleaning import clean
-        from serve_app.domain.options import MidiOptions, preset_for
+        from music.cleaning import clean
+        from music.presets import MidiOptions, preset_for
 
         started = time.monotonic()
         notes: dict[str, list[EstNote]] = {}

@@ -16,7 +16,7 @@ Notes are scored as the service hands them out: after its cleaning steps. The tw
 interact, so they are chosen in turn: note parameters with the default cleaning rules, then the cleaning
 rules (CLEANING_GRID) with those, then the note parameters again with the chosen rules.
 
-melodia_trick=True and multiple_pitch_bends=False as in deployments/transcriber.py. Writes
+melodia_trick=True and multiple_pitch_bends=False as in music/engines/transcriber.py. Writes
 <out>/presets.md and <out>/presets.json.
 """
 
@@ -39,9 +39,9 @@ import numpy as np
 from benchmarks import scoring
 from benchmarks.evalset import DEFAULT_CACHE, ROLE_STEM, RenderedPiece, TruthNote, build, select
 from benchmarks.report import DEFAULT_OUT, git_commit, machine
-from serve_app.domain.cleaning import clean
-from serve_app.domain.midi import Note
-from serve_app.domain.options import NO_CLEANING, CleaningRules, MidiOptions, preset_for
+from music.cleaning import clean
+from music.notes import Note
+from music.presets import NO_CLEANING, CleaningRules, MidiOptions, preset_for
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ CLEANING_GRID = tuple(
 
 
 def current_preset(role: str) -> Params:
-    """The project's preset for the stem today (serve_app/domain/options.py)."""
+    """The project's preset for the stem today (music/presets.py)."""
     notes = preset_for(role).notes
     assert notes.onset_threshold and notes.frame_threshold and notes.minimum_note_length_ms
     return Params(
@@ -135,7 +135,7 @@ class ModelOutputs:
     def __init__(self) -> None:
         from basic_pitch.inference import Model
 
-        from deployments.transcriber import bundled_onnx_model
+        from music.engines.transcriber import bundled_onnx_model
 
         self.model_path = bundled_onnx_model()
         self.model = Model(self.model_path)

@@ -1,1 +1,2 @@
-"""The pipeline's Ray pieces: one module per stage, one for the job tracker, and their plain engines."""
+"""The pipeline's Ray pieces: one Serve deployment per stage (separation, transcription), the job
+tracker, and how replicas report progress. The engines they wrap live in `music.engines`."""

@@ -15,7 +15,7 @@ logger = logging.getLogger("stemscribe")
 
 
 def _make_test_model(args: argparse.Namespace) -> int:
-    from deployments.demucs_models import write_random_htdemucs
+    from music.engines.demucs_models import write_random_htdemucs
 
     path = write_random_htdemucs(Path(args.folder), name=args.name, seed=args.seed, full_size=args.full_size)
     logger.info(
@@ -60,6 +60,12 @@ def _revoke_key(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] not in (["make-test-model"], ["keys"]):
+        # Everything else (transcribe, jobs, serve, --help) is the client's command line (stemscribe_client).
+        from stemscribe_client.cli import main as client_main
+
+        return client_main(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     parser = argparse.ArgumentParser(prog="stemscribe", description=__doc__)

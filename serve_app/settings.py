@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from pathlib import Path
 from typing import Literal
@@ -37,8 +36,24 @@ class Settings(BaseSettings):
     storage_dir: Path | None = Field(default=None, description="Local storage root; default data_dir/storage.")
     s3_bucket: str | None = None
     s3_prefix: str = "stemscribe/"
-    s3_endpoint_url: str | None = None
+    s3_endpoint_url: str | None = Field(default=None, description="For S3-compatible servers (MinIO, Ceph, ...)")
     s3_region: str | None = None
+    # Without a key pair here, boto3's own chain applies (AWS_* variables, ~/.aws, an instance role).
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    s3_max_attempts: int = Field(default=4, ge=1, description="per request, first try included")
+    s3_timeout_seconds: float = Field(default=10, gt=0, description="connect and read timeout of one try")
+    # Managed transfer: objects from the threshold on go up as multipart uploads of chunk-sized parts
+    # (S3's smallest part is 5 MiB, its largest 5 GiB).
+    s3_multipart_threshold_bytes: int = Field(default=8 * 1024 * 1024, ge=1)
+    s3_multipart_chunk_bytes: int = Field(default=8 * 1024 * 1024, ge=5 * 1024 * 1024, le=5 * 1024**3)
+    # Downloads answer 307 to a presigned URL, so result bytes skip the ingress.
+    s3_presigned_downloads: bool = False
+    s3_presigned_expiry_seconds: int = Field(default=300, ge=1, le=7 * 24 * 3600)
+    s3_presign_endpoint_url: str | None = Field(
+        default=None, description="Endpoint named in presigned URLs, when clients reach S3 by another address"
+    )
 
     max_upload_bytes: int = Field(default=200_000_000, gt=0)
     max_duration_seconds: float = Field(default=20 * 60, gt=0)
@@ -86,8 +101,10 @@ class Settings(BaseSettings):
     # Browsers: CORS is off unless origins are listed (comma-separated, e.g. "https://app.example.com").
     cors_origins: str = ""
 
-    tracker_name: str = "stemscribe-job-tracker"
-    ray_namespace: str = "stemscribe"
+    # Logs: "JSON" writes one JSON object a line (with stemscribe_job_id on job lines) from every
+    # replica and the job tracker; it becomes each deployment's Serve logging_config.
+    log_encoding: Literal["TEXT", "JSON"] = "TEXT"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("data_dir", "storage_dir", "demucs_model_dir", mode="after")
     @classmethod
@@ -108,6 +125,8 @@ class Settings(BaseSettings):
             object.__setattr__(self, "storage_dir", self.data_dir / "storage")
         if self.storage_backend == "s3" and not self.s3_bucket:
             raise ValueError("storage_backend 's3' needs s3_bucket (STEMSCRIBE_S3_BUCKET)")
+        if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
+            raise ValueError("s3_access_key_id and s3_secret_access_key go together")
         return self
 
     @property
@@ -117,13 +136,6 @@ class Settings(BaseSettings):
     @property
     def seeded_api_keys(self) -> list[str]:
         return [key.strip() for key in self.api_keys.get_secret_value().split(",") if key.strip()]
-
-    @property
-    def tracker_actor_name(self) -> str:
-        """Named after the settings too, so an application redeployed with other settings never
-        picks up a tracker that still writes to the old database."""
-        fingerprint = hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:10]
-        return f"{self.tracker_name}-{fingerprint}"
 
     @property
     def max_upload_megabytes(self) -> float:

@@ -34,6 +34,7 @@ ERROR_MAP: list[tuple[type[errors.StemscribeError], int, str]] = [
     (errors.RateLimited, 429, "rate_limited"),
     (errors.ResultNotReady, 409, "result_not_ready"),
     (errors.ModelUnavailable, 503, "model_unavailable"),
+    (errors.StorageUnavailable, 503, "storage_unavailable"),
     (errors.ServiceUnavailable, 503, "service_unavailable"),
     (errors.BadInput, 400, "bad_input"),
 ]

@@ -14,8 +14,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from starlette.websockets import WebSocketDisconnect
 
-from serve_app.api.errors import PROBLEM_RESPONSES
 from serve_app.api.access import find_job, issue_events_token, read_events_token
+from serve_app.api.errors import PROBLEM_RESPONSES
 from serve_app.api.services import OwnerDep, Services, ServicesDep, get_owner_for_key
 from serve_app.domain.errors import StemscribeError, Unauthorized
 from serve_app.domain.jobs import JobStatus

@@ -5,32 +5,40 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import logging
 import uuid
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, File, Form, Header, Query, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import StreamingResponse
+from fastapi.responses import RedirectResponse, StreamingResponse
 from pydantic import ValidationError
 
+from deployments.job_tracker import database_error
+from music.presets import MidiOptions, NoteParameters, QuantizeGrid
+from serve_app.api.access import RequireApiKey
 from serve_app.api.access import find_job as _job
 from serve_app.api.errors import PROBLEM_RESPONSES, install_error_handlers
 from serve_app.api.events import build_events_router
 from serve_app.api.limits import UploadSizeLimit
 from serve_app.api.schemas import (
-    ComponentHealth, Health, JobAccepted, JobList, JobView, MusicAnalysis, ResultLink,
+    ComponentHealth,
+    Health,
+    JobAccepted,
+    JobList,
+    JobView,
+    MusicAnalysis,
+    ResultLink,
 )  # fmt: skip
 from serve_app.api.services import OwnerDep, Services, ServicesDep
 from serve_app.api.uploads import display_name, store_upload
-from serve_app.domain.db import JobRow, as_utc, utcnow
+from serve_app.domain.db import AdmissionLimits, JobRow, as_utc
 from serve_app.domain.errors import (
     IdempotencyKeyReused,
     InvalidCursor,
     JobGone,
-    QueueFull,
-    RateLimited,
     ResultNotFound,
     ResultNotReady,
     ServiceUnavailable,
@@ -38,13 +46,19 @@ from serve_app.domain.errors import (
     WebhookRefused,
     unwrap,
 )
-from serve_app.domain.jobs import JobStatus
-from serve_app.domain.options import JobOptions, MidiOptions, NoteParameters, QuantizeGrid, SeparationMode
+from serve_app.domain.jobs import JobOptions, JobStatus, SeparationMode
 from serve_app.domain.storage import JobKeys
 from serve_app.domain.webhooks import check_target
 from serve_app.settings import Settings
+from serve_app.web import install_web
 
-_MEDIA_TYPES = {".mid": "audio/midi", ".wav": "audio/wav", ".json": "application/json"}
+logger = logging.getLogger(__name__)
+
+_MEDIA_TYPES = {
+    ".mid": "audio/midi", ".wav": "audio/wav", ".json": "application/json",
+    # MusicXML's registered type for uncompressed files (the compressed .mxl is application/vnd.recordare.musicxml).
+    ".musicxml": "application/vnd.recordare.musicxml+xml",
+}  # fmt: skip
 # Multipart boundaries and the small form fields ride on top of the file itself.
 _MULTIPART_ALLOWANCE = 64 * 1024
 
@@ -132,12 +146,11 @@ def build_router(settings: Settings) -> APIRouter:
             separation=separation, notes=notes, midi=midi, webhook_url=webhook_url,
             webhook_progress=webhook_progress,
         )  # fmt: skip
-        if owner is not None:
-            await _check_limits(services, owner)
-        if idempotency_key is None and await asyncio.to_thread(services.repo.count_queued) >= (
-            services.settings.max_queue_depth
-        ):
-            raise QueueFull("Too many jobs are waiting; try again later.")
+        # Keys are per caller: two clients may pick the same key.
+        scoped_key = None if idempotency_key is None else f"{owner or '-'}:{idempotency_key}"
+        # An early refusal, before the upload is stored; the tracker's admission is the check that counts.
+        limits = AdmissionLimits.from_settings(services.settings)
+        await asyncio.to_thread(services.repo.precheck, owner, scoped_key, limits)
         job_id = uuid.uuid4().hex
         upload = await store_upload(file, services, job_id)
         request_hash = hashlib.sha256(upload.sha256.encode() + options.model_dump_json().encode()).hexdigest()
@@ -148,17 +161,19 @@ def build_router(settings: Settings) -> APIRouter:
                     "upload_name": display_name(file.filename), "upload_bytes": upload.size,
                     "duration_seconds": upload.info.duration_seconds, "sample_rate": upload.info.sample_rate,
                     "channels": upload.info.channels, "request_hash": request_hash, "owner": owner,
-                    # Keys are per caller: two clients may pick the same key.
-                    "idempotency_key": None if idempotency_key is None else f"{owner or '-'}:{idempotency_key}",
+                    "idempotency_key": scoped_key,
                 }
             )  # fmt: skip
         except Exception as exc:
-            # Nothing is half-kept: without a job record the stored upload goes too.
-            await asyncio.to_thread(services.storage.delete_prefix, JobKeys(job_id).prefix)
             cause = unwrap(exc)
             if isinstance(cause, StemscribeError):
+                # Refused (a limit, say): no job record, so the stored upload goes too.
+                await asyncio.to_thread(services.storage.delete_prefix, JobKeys(job_id).prefix)
                 raise cause from exc
-            raise ServiceUnavailable("The job tracker is not reachable; try again shortly.") from exc
+            # The tracker died, or its answer was lost, possibly after it recorded the job: removing the
+            # upload then would leave a job without its file, which a retry with the same Idempotency-Key
+            # returns and which can only fail. The database says whether the job exists.
+            accepted_id = await _recorded_or_discarded(services, job_id, exc)
         if accepted_id != job_id:
             # The key was used before: that job is the answer, if it was the same request.
             await asyncio.to_thread(services.storage.delete_prefix, JobKeys(job_id).prefix)
@@ -209,19 +224,24 @@ def build_router(settings: Settings) -> APIRouter:
         row = await _job(services, job_id, owner)
         if not JobStatus(row.status).is_final:
             await _tracker_call(services.tracker.cancel.remote(job_id))
-        await asyncio.to_thread(services.repo.mark_deleted, job_id)
+        # Files first: if storage is away the client gets 503 and can retry, rather than a 410 for a
+        # job whose files were never removed.
         await asyncio.to_thread(services.storage.delete_prefix, JobKeys(job_id).prefix)
+        await asyncio.to_thread(services.repo.mark_deleted, job_id)
         return Response(status_code=204)
 
     @router.get(
         "/jobs/{job_id}/results/{name:path}",
         summary=(
-            "Download one result: transcription.mid, transcription.quantized.mid, notes.json, "
+            "Download one result: transcription.mid, transcription.quantized.mid, transcription.musicxml, notes.json, "
             "midi/<stem>.mid, stems/<stem>.wav"
         ),
         response_class=StreamingResponse,
+        responses={
+            307: {"description": "Presigned S3 downloads on: fetch the file from the short-lived URL in Location"}
+        },
     )
-    async def get_result(job_id: str, name: str, services: ServicesDep, owner: OwnerDep) -> StreamingResponse:
+    async def get_result(job_id: str, name: str, services: ServicesDep, owner: OwnerDep) -> Response:
         row = await _job(services, job_id, owner)
         if row.expired_at is not None:
             raise JobGone(f"The results of job {job_id} expired and were removed.")
@@ -230,19 +250,28 @@ def build_router(settings: Settings) -> APIRouter:
         if name not in row.results:
             raise ResultNotFound(f"Job {job_id} has no result named {name!r}.")
         key = JobKeys(job_id).result(name)
-        size = await asyncio.to_thread(services.storage.size, key)
-        handle = await asyncio.to_thread(services.storage.open_read, key)
+        media_type = _MEDIA_TYPES.get(name[name.rfind(".") :], "application/octet-stream")
+        filename = f"{job_id}-{name.replace('/', '-')}"
+        storage = services.storage
+        # A storage that fails (StorageUnavailable) answers 503; only a file that is truly gone, 404.
+        try:
+            size = await asyncio.to_thread(storage.size, key)
+            url = await asyncio.to_thread(storage.download_url, key, filename, media_type)
+            if url is not None:
+                # The bytes come from S3 itself, not through the ingress; the URL expires, so no caching.
+                return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
+            handle = await asyncio.to_thread(storage.open_read, key)
+        except FileNotFoundError as exc:
+            raise ResultNotFound(f"The file of result {name!r} of job {job_id} is missing from storage.") from exc
 
         def chunks():  # type: ignore[no-untyped-def]
             with handle:
                 while data := handle.read(1024 * 1024):
                     yield data
 
-        suffix = name[name.rfind(".") :]
-        filename = f"{job_id}-{name.replace('/', '-')}"
         return StreamingResponse(
             chunks(),
-            media_type=_MEDIA_TYPES.get(suffix, "application/octet-stream"),
+            media_type=media_type,
             headers={"Content-Length": str(size), "Content-Disposition": f'attachment; filename="{filename}"'},
         )
 
@@ -265,21 +294,21 @@ def build_router(settings: Settings) -> APIRouter:
     return router
 
 
-async def _check_limits(services: Services, owner: str) -> None:
-    settings = services.settings
-    active = await asyncio.to_thread(services.repo.count_active, owner)
-    if active >= settings.max_active_jobs_per_key:
-        raise RateLimited(
-            f"This key already has {active} jobs queued or running (the limit is "
-            f"{settings.max_active_jobs_per_key}); wait for one to finish.",
-            retry_after_seconds=settings.retry_after_seconds * 5,
-        )
-    recent = await asyncio.to_thread(services.repo.count_created_since, owner, utcnow() - timedelta(minutes=1))
-    if recent >= settings.max_uploads_per_minute:
-        raise RateLimited(
-            f"This key uploaded {recent} songs in the last minute (the limit is {settings.max_uploads_per_minute}).",
-            retry_after_seconds=60,
-        )
+async def _recorded_or_discarded(services: Services, job_id: str, exc: BaseException) -> str:
+    """After a failed call to the tracker's `submit`: the job's id if the tracker recorded it before the
+    call failed (the upload is kept; the job runs), else the upload is removed and the answer is 503."""
+    unreachable = ServiceUnavailable("The job tracker is not reachable; try again shortly.")
+    try:
+        row = await asyncio.to_thread(services.repo.get, job_id)
+    except ServiceUnavailable:
+        # Cannot tell: keep the file (a job may own it), and let the client retry.
+        logger.warning("job %s: the tracker and the database are away; upload kept", job_id)
+        raise unreachable from exc
+    if row is None:
+        await asyncio.to_thread(services.storage.delete_prefix, JobKeys(job_id).prefix)
+        raise unreachable from exc
+    logger.warning("job %s: recorded by the tracker before its answer was lost (%s)", job_id, type(exc).__name__)
+    return job_id
 
 
 async def _tracker_call(call: Any) -> Any:
@@ -308,7 +337,11 @@ async def _health(services: Services) -> Health:
         return name, ComponentHealth(ready=detail.get("state", "ready") == "ready", detail=detail)
 
     async def database() -> dict[str, Any]:
-        await asyncio.to_thread(services.repo.ping)
+        try:
+            await asyncio.to_thread(services.repo.ping)
+        except ServiceUnavailable as exc:
+            # The driver's own words (refused, unknown host, bad password), not only "unreachable".
+            raise ServiceUnavailable(f"{exc.message} ({database_error(exc)})") from exc
         return {"backend": services.repo.engine.dialect.name}
 
     async def storage() -> dict[str, Any]:
@@ -316,8 +349,8 @@ async def _health(services: Services) -> Health:
         return {"backend": services.settings.storage_backend}
 
     async def tracker() -> dict[str, Any]:
-        await services.tracker.ping.remote()
-        return {}
+        # "ready" once it has brought the schema up to date; "waiting for the database" with the reason before.
+        return await services.tracker.status.remote()  # type: ignore[no-any-return]
 
     results = await asyncio.gather(
         check("database", database()),
@@ -340,13 +373,17 @@ def create_api(services: Services) -> FastAPI:
     install_error_handlers(api, services.settings.retry_after_seconds)
     api.include_router(build_router(services.settings))
     api.include_router(build_events_router())
+    # The page at `/` and its files under `/web/`: public, and only a client of the routes above.
+    install_web(api)
     api.add_middleware(
         UploadSizeLimit,
         path_suffix="/api/v1/transcribe",
         max_body_bytes=services.settings.max_upload_bytes + _MULTIPART_ALLOWANCE,
         max_upload_megabytes=services.settings.max_upload_megabytes,
     )
-    # Added last, so outermost: even an early 413 carries the CORS headers a browser needs to read it.
+    # Outside the size limit: an upload without a valid key is refused before a byte of its body is read.
+    api.add_middleware(RequireApiKey, path_suffix="/api/v1/transcribe", services=services)
+    # Added last, so outermost: even an early 401 or 413 carries the CORS headers a browser needs to read it.
     if services.settings.cors_origin_list:
         api.add_middleware(
             CORSMiddleware,

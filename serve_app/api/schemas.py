@@ -22,7 +22,18 @@ class ResultLink(BaseModel):
 
 class MusicAnalysis(BaseModel):
     tempo_bpm: float = Field(description="Tempo tracked from the mix; the MIDI's tempo map follows every beat")
+    # Optional: jobs that succeeded before these fields existed have none.
+    tempo_source: str | None = Field(
+        default=None,
+        description="tracked: the MIDI follows the tracked beats; steady_fallback: the tracker was not confident, "
+        "so one tempo at its estimate; default: no beat found, 120 BPM",
+        examples=["tracked"],
+    )
+    tempo_reason: str | None = Field(default=None, description="Why that tempo source, in words")
     time_signature: str = Field(examples=["4/4"])
+    meter_confidence: float | None = Field(
+        default=None, description="0..1: how clearly the music chose its meter over the other; 4/4 when unclear"
+    )
     key: str | None = Field(description='Estimated key, e.g. "A minor"; null when nothing pitched was found')
     key_confidence: float | None = Field(description="Correlation of the key profile that won, -1..1")
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Annotated, Any
-
-import asyncio
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
@@ -21,7 +20,7 @@ class Services:
     settings: Settings
     repo: JobRepository
     storage: StorageBackend
-    tracker: Any  # ray ActorHandle of deployments.job_tracker.JobTracker
+    tracker: Any  # DeploymentHandle of the JobTracker deployment (deployments.job_tracker)
     separation: Any  # DeploymentHandle of deployments.separation.Separation
     transcription: Any  # DeploymentHandle of deployments.transcription.Transcription
 

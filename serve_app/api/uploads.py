@@ -10,10 +10,10 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from fastapi import UploadFile
 
+from serve_app.api.services import Services
 from serve_app.domain import audio
 from serve_app.domain.errors import EmptyUpload, UploadTooLarge
 from serve_app.domain.storage import JobKeys
-from serve_app.api.services import Services
 
 _CHUNK = 1024 * 1024
 

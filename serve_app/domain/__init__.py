@@ -1,1 +1,2 @@
-"""Domain code shared by the ingress and the deployments: audio, MIDI, jobs, storage, database."""
+"""Service code shared by the ingress and the deployments: the job model, upload decoding, the
+pipeline, storage, the database, API keys, webhooks. The music itself is in `music`."""

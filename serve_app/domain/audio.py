@@ -15,6 +15,7 @@ import av
 import numpy as np
 import soundfile
 
+from music.audio import DecodedAudio
 from serve_app.domain.errors import AudioTooLong, DecodedTooLarge, EmptyUpload, UnsupportedAudio
 
 logger = logging.getLogger(__name__)
@@ -34,12 +35,6 @@ class AudioInfo:
     @property
     def duration_seconds(self) -> float:
         return self.frames / self.sample_rate
-
-
-@dataclass(frozen=True)
-class DecodedAudio:
-    samples: np.ndarray  # float32, shape (channels, frames)
-    sample_rate: int
 
 
 def _id3_size(head: bytes) -> int:

@@ -6,6 +6,7 @@ attempt, an older worker's updates match no row and change nothing."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Float,
+    Index,
     Integer,
     String,
     Text,
@@ -33,7 +35,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from serve_app.domain.errors import ServiceUnavailable
+from serve_app.domain.errors import QueueFull, RateLimited, ServiceUnavailable
 from serve_app.domain.jobs import JobStatus, allowed_from
 
 logger = logging.getLogger(__name__)
@@ -102,8 +104,78 @@ class ApiKeyRow(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
+class WebhookDeliveryRow(Base):
+    """One webhook message in the outbox (revision 0005); `serve_app.domain.outbox` sends it."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # the webhook-id, the same on every try
+    job_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    url: Mapped[str] = mapped_column(Text)
+    event_type: Mapped[str] = mapped_column(String(32))
+    body: Mapped[str] = mapped_column(Text)
+    # pending, delivered, failed (retried until deadline_at) or refused (the target broke the rules)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # When it may be tried next; a claim moves it forward by the lease, so a sender that dies gives it back.
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    deadline_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
 class DuplicateIdempotencyKey(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class AdmissionLimits:
+    """What a new job is checked against when it is admitted."""
+
+    max_queue_depth: int
+    max_active_jobs_per_key: int
+    max_uploads_per_minute: int
+    retry_after_seconds: int
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> AdmissionLimits:
+        return cls(
+            settings.max_queue_depth, settings.max_active_jobs_per_key, settings.max_uploads_per_minute,
+            settings.retry_after_seconds,
+        )  # fmt: skip
+
+
+# pg_advisory_xact_lock key that serialises admissions ("stem" in ASCII).
+_ADMISSION_LOCK = 0x7374656D
+
+
+def _check_limits(session: Session, limits: AdmissionLimits, owner: str | None, now: datetime) -> None:
+    """RateLimited or QueueFull if one more job would break a limit."""
+    if owner is not None:
+        active = session.scalar(
+            select(func.count()).select_from(JobRow).where(JobRow.owner == owner, JobRow.status.in_(UNFINISHED))
+        )
+        if (active or 0) >= limits.max_active_jobs_per_key:
+            raise RateLimited(
+                f"This key already has {active} jobs queued or running (the limit is "
+                f"{limits.max_active_jobs_per_key}); wait for one to finish.",
+                retry_after_seconds=limits.retry_after_seconds * 5,
+            )
+        recent = session.scalar(
+            select(func.count()).select_from(JobRow)
+            .where(JobRow.owner == owner, JobRow.created_at >= now - timedelta(minutes=1))
+        )  # fmt: skip
+        if (recent or 0) >= limits.max_uploads_per_minute:
+            raise RateLimited(
+                f"This key uploaded {recent} songs in the last minute (the limit is {limits.max_uploads_per_minute}).",
+                retry_after_seconds=60,
+            )
+    queued = session.scalar(select(func.count()).select_from(JobRow).where(JobRow.status == "queued"))
+    if (queued or 0) >= limits.max_queue_depth:
+        raise QueueFull("Too many jobs are waiting; try again later.")
 
 
 def make_engine(url: str) -> Engine:
@@ -200,6 +272,17 @@ class JobRepository:
             return list(session.scalars(query))
 
     @_guarded
+    def precheck(self, owner: str | None, idempotency_key: str | None, limits: AdmissionLimits) -> None:
+        """An early refusal before the upload is stored; `admit` is the check that counts. A replayed
+        idempotency key passes: it answers with its job and adds none."""
+        with self._session() as session:
+            if idempotency_key is not None and session.scalar(
+                select(JobRow.id).where(JobRow.idempotency_key == idempotency_key)
+            ):
+                return
+            _check_limits(session, limits, owner, utcnow())
+
+    @_guarded
     def count_queued(self) -> int:
         with self._session() as session:
             query = select(func.count()).select_from(JobRow).where(JobRow.status == "queued")
@@ -267,7 +350,49 @@ class JobRepository:
             row = session.get(JobRow, job_id)
             return row is None or row.cancel_requested or row.status == "canceled"
 
+    @_guarded
+    def holds_lease(self, job_id: str, attempt: int) -> bool:
+        """Whether `attempt` may still publish the job's files: it is the job's current attempt, the job is
+        running, not canceled or deleted, and the lease is held and has not run out (a lease past its time
+        may be claimed by another tracker at any moment, so it counts as lost)."""
+        query = select(func.count()).select_from(JobRow).where(
+            JobRow.id == job_id, JobRow.attempts == attempt, JobRow.status == "running",
+            JobRow.lease_owner.is_not(None), JobRow.lease_expires_at > utcnow(),
+            JobRow.cancel_requested.is_(False), JobRow.deleted_at.is_(None),
+        )  # fmt: skip
+        with self._session() as session:
+            return bool(session.scalar(query))
+
     # --- writes ------------------------------------------------------------------------------
+
+    def _lock_admissions(self, session: Session) -> None:
+        """Make this transaction the only admission in flight until it ends. The queue depth is one
+        number for every key, so one lock for all: PostgreSQL's transaction advisory lock, SQLite's
+        write lock taken at BEGIN IMMEDIATE. An admission holds it for a few short queries."""
+        if self.engine.dialect.name == "sqlite":
+            session.execute(text("BEGIN IMMEDIATE"))
+        elif self.engine.dialect.name == "postgresql":
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADMISSION_LOCK})
+        else:  # pragma: no cover - stemscribe runs on SQLite or PostgreSQL
+            raise NotImplementedError(self.engine.dialect.name)
+
+    @_guarded
+    def admit(self, row: JobRow, limits: AdmissionLimits) -> str:
+        """Check the limits and insert a new queued job as one atomic step; the id of the job that
+        answers the request. A job id already inserted (a retried call) or an idempotency key already
+        used answers with that job without counting it; anything else is checked like any upload
+        (RateLimited, QueueFull) before it is inserted."""
+        with self._session() as session, session.begin():
+            self._lock_admissions(session)
+            if session.scalar(select(JobRow.id).where(JobRow.id == row.id)) is not None:
+                return row.id
+            if row.idempotency_key is not None:
+                existing = session.scalar(select(JobRow.id).where(JobRow.idempotency_key == row.idempotency_key))
+                if existing is not None:
+                    return str(existing)
+            _check_limits(session, limits, row.owner, as_utc(row.created_at) or utcnow())
+            session.add(row)
+        return row.id
 
     @_guarded
     def insert(self, row: JobRow) -> None:

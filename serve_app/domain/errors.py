@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from music.errors import Canceled as JobCanceled
+from music.errors import ModelUnavailable, MusicError
 
-class StemscribeError(Exception):
-    """Base class; `message` is a sentence a person can act on."""
+__all__ = ["JobCanceled", "ModelUnavailable"]  # raised by the engines, mapped here like the rest
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+
+class StemscribeError(MusicError):
+    """Base class of the service's own errors; `message` is a sentence a person can act on."""
 
 
 class BadInput(StemscribeError):
@@ -80,16 +81,19 @@ class ResultNotReady(StemscribeError):
     pass
 
 
-class ModelUnavailable(StemscribeError):
-    """A model could not be loaded; the message says which and how to provide it."""
-
-
-class JobCanceled(StemscribeError):
-    pass
-
-
 class ServiceUnavailable(StemscribeError):
     """A dependency (database, tracker) does not answer right now."""
+
+
+class ReplicaUnhealthy(ServiceUnavailable):
+    """This model replica cannot serve: its model failed to load although the model's files are there. It
+    fails its health check, so Serve replaces it; a job it was given is retried (never failed as the
+    user's fault), and the retry goes to another replica."""
+
+
+class StorageUnavailable(ServiceUnavailable):
+    """The storage (S3) failed a request: unreachable, timed out, throttled (SlowDown, 503) or any other
+    error but "no such object". Never read as a missing file; a job that meets it is retried."""
 
 
 def unwrap(exc: BaseException) -> BaseException:

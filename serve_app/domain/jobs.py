@@ -1,8 +1,31 @@
-"""The job state machine: statuses, stages and progress that never goes backwards."""
+"""The job model: what a client may ask of a job, and the state machine (statuses, stages and
+progress that never goes backwards)."""
 
 from __future__ import annotations
 
 from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+from music.presets import MidiOptions, NoteParameters
+
+
+class SeparationMode(StrEnum):
+    DEMUCS = "demucs"
+    # Harmonic/percussive split (stems "drums" and "harmonic"): no model weights, so it works
+    # air-gapped and on any CPU.
+    HPSS = "hpss"
+    NONE = "none"
+
+
+class JobOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    separation: SeparationMode = SeparationMode.DEMUCS
+    notes: NoteParameters = NoteParameters()
+    midi: MidiOptions = MidiOptions()
+    webhook_url: str | None = None
+    webhook_progress: bool = False
 
 
 class JobStatus(StrEnum):

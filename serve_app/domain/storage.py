@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import re
 import shutil
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from serve_app.domain.errors import StorageUnavailable
 from serve_app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -55,8 +57,26 @@ class JobKeys:
         """The beat grid tracked on the whole mix, written with the stems."""
         return f"{self.prefix}/work/beats.json"
 
+    @property
+    def temporaries(self) -> str:
+        """The folder of every attempt's unpublished files (`serve_app.domain.job_files`)."""
+        return f"{self.prefix}/tmp"
+
+    def attempt_temporaries(self, attempt: int) -> str:
+        """One attempt's unpublished files: no other attempt ever writes under this folder."""
+        return f"{self.temporaries}/attempt-{attempt}"
+
+    def temporary(self, key: str, attempt: int) -> str:
+        """Where `attempt` writes `key` (a key of this job) before it publishes it."""
+        if not key.startswith(self.prefix + "/"):
+            raise ValueError(f"{key!r} is not a key of {self.prefix}")
+        return _checked(f"{self.attempt_temporaries(attempt)}/{key.removeprefix(self.prefix + '/')}.tmp")
+
 
 class StorageBackend(ABC):
+    """Every method raises `StorageUnavailable` when the backend cannot answer right now; only an object
+    that is truly not there reads as missing (`exists` is False, the others raise FileNotFoundError)."""
+
     @abstractmethod
     def put_file(self, key: str, source: Path) -> None: ...
 
@@ -76,6 +96,15 @@ class StorageBackend(ABC):
     def size(self, key: str) -> int: ...
 
     @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove one object; one that is not there is no error."""
+
+    @abstractmethod
+    def move(self, source: str, target: str) -> None:
+        """Give `source`'s content the name `target` (replacing it) and remove `source`. Readers of `target`
+        see the old object or the whole new one, never part of one. FileNotFoundError if `source` is missing."""
+
+    @abstractmethod
     def delete_prefix(self, prefix: str) -> None: ...
 
     @abstractmethod
@@ -85,6 +114,10 @@ class StorageBackend(ABC):
 
     def ping(self) -> None:
         """Raise if the backend cannot be used."""
+
+    def download_url(self, key: str, filename: str, content_type: str) -> str | None:
+        """A URL a client can fetch the object from directly, or None to stream it through the API."""
+        return None
 
 
 class LocalStorage(StorageBackend):
@@ -122,6 +155,15 @@ class LocalStorage(StorageBackend):
     def size(self, key: str) -> int:
         return self.path(key).stat().st_size
 
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
+    def move(self, source: str, target: str) -> None:
+        destination = self.path(target)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        # One file system: a rename, atomic for readers.
+        self.path(source).replace(destination)
+
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self.path(prefix), ignore_errors=True)
 
@@ -137,62 +179,195 @@ class LocalStorage(StorageBackend):
             raise OSError(f"storage folder {self.root} is missing")
 
 
-class S3Storage(StorageBackend):
-    """Objects in an S3 bucket (or anything speaking its API). Needs `pip install stemscribe[s3]`."""
+# Error codes that mean "this object is not there". Anything else (throttling, 5xx, a refused
+# connection, a timeout, access denied) is the storage failing, never a missing file: reading it as
+# missing would make the pipeline redo finished work.
+_MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 
-    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None, region: str | None = None):
+
+class S3Storage(StorageBackend):
+    """Objects in an S3 bucket (or anything speaking its API). Needs `pip install stemscribe[s3]`.
+
+    Files go up and down with boto3's managed transfer: objects from `multipart_threshold` bytes on
+    travel as multipart uploads (ranged GETs on the way down) of `multipart_chunksize` parts."""
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        *,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        addressing_style: str = "auto",
+        max_attempts: int = 4,
+        timeout_seconds: float = 10.0,
+        multipart_threshold: int = 8 * 1024 * 1024,
+        multipart_chunksize: int = 8 * 1024 * 1024,
+        presigned_downloads: bool = False,
+        presigned_expiry_seconds: int = 300,
+        presign_endpoint_url: str | None = None,
+    ) -> None:
         import boto3  # optional dependency
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
 
         self.bucket = bucket
         self.prefix = prefix
-        self.client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region)
+        config = Config(
+            region_name=region,
+            signature_version="s3v4",
+            s3={"addressing_style": addressing_style},
+            # "standard" retries throttling (SlowDown, 503), 5xx and connection errors with backoff.
+            retries={"mode": "standard", "total_max_attempts": max_attempts},
+            connect_timeout=timeout_seconds,
+            read_timeout=timeout_seconds,
+        )
+        credentials = {}
+        if access_key_id is not None:
+            credentials = {"aws_access_key_id": access_key_id, "aws_secret_access_key": secret_access_key}
+        session = boto3.session.Session()
+        self.client = session.client("s3", endpoint_url=endpoint_url, config=config, **credentials)
+        # Presigning happens offline; the URL names the endpoint clients reach, which may differ.
+        self._presigner = (
+            session.client("s3", endpoint_url=presign_endpoint_url, config=config, **credentials)
+            if presign_endpoint_url
+            else self.client
+        )
+        self.transfer = TransferConfig(multipart_threshold=multipart_threshold, multipart_chunksize=multipart_chunksize)
+        self.presigned_downloads = presigned_downloads
+        self.presigned_expiry_seconds = presigned_expiry_seconds
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> S3Storage:
+        assert settings.s3_bucket is not None
+        secret = settings.s3_secret_access_key
+        return cls(
+            settings.s3_bucket, settings.s3_prefix, settings.s3_endpoint_url, settings.s3_region,
+            access_key_id=settings.s3_access_key_id,
+            secret_access_key=None if secret is None else secret.get_secret_value(),
+            addressing_style=settings.s3_addressing_style, max_attempts=settings.s3_max_attempts,
+            timeout_seconds=settings.s3_timeout_seconds,
+            multipart_threshold=settings.s3_multipart_threshold_bytes,
+            multipart_chunksize=settings.s3_multipart_chunk_bytes,
+            presigned_downloads=settings.s3_presigned_downloads,
+            presigned_expiry_seconds=settings.s3_presigned_expiry_seconds,
+            presign_endpoint_url=settings.s3_presign_endpoint_url,
+        )  # fmt: skip
 
     def _key(self, key: str) -> str:
         return self.prefix + _checked(key)
 
+    @contextlib.contextmanager
+    def _errors(self, key: str) -> Iterator[None]:
+        """Botocore's errors as the interface's: FileNotFoundError for a missing object only."""
+        from boto3.exceptions import Boto3Error
+        from botocore.exceptions import BotoCoreError, ClientError
+        from s3transfer.exceptions import RetriesExceededError, S3DownloadFailedError, S3UploadFailedError
+
+        transfer_errors = (BotoCoreError, Boto3Error, RetriesExceededError, S3DownloadFailedError, S3UploadFailedError)
+
+        try:
+            yield
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", ""))
+            if code in _MISSING_CODES:
+                raise FileNotFoundError(key) from exc
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            logger.warning("S3 %s on %s (HTTP %s): %s", code, key, status, error.get("Message", ""))
+            message = f"The storage answered {code or status} for a request; try again shortly."
+            raise StorageUnavailable(message) from exc
+        except transfer_errors as exc:
+            logger.warning("S3 unreachable on %s: %s", key, exc)
+            raise StorageUnavailable("The storage is not reachable right now; try again shortly.") from exc
+
     def put_file(self, key: str, source: Path) -> None:
-        self.client.upload_file(str(source), self.bucket, self._key(key))
+        with self._errors(key):
+            self.client.upload_file(str(source), self.bucket, self._key(key), Config=self.transfer)
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        with self._errors(key):
+            self.client.upload_fileobj(io.BytesIO(data), self.bucket, self._key(key), Config=self.transfer)
 
     def get_bytes(self, key: str) -> bytes:
-        return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        with self._errors(key):
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+            return body.read()  # type: ignore[no-any-return]
 
     def open_read(self, key: str) -> BinaryIO:
-        return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        with self._errors(key):
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]  # type: ignore[no-any-return]
 
     def exists(self, key: str) -> bool:
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-        except self.client.exceptions.ClientError:
+            self.size(key)
+        except FileNotFoundError:
             return False
         return True
 
     def size(self, key: str) -> int:
-        return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
+        with self._errors(key):
+            return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
+
+    def delete(self, key: str) -> None:
+        with self._errors(key):
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def move(self, source: str, target: str) -> None:
+        # S3 has no rename: a server-side copy (managed, so objects over 5 GB go in parts), then the delete.
+        # A PUT or copy replaces an object whole, so readers of `target` never see part of one.
+        with self._errors(source):
+            self.client.copy(
+                {"Bucket": self.bucket, "Key": self._key(source)}, self.bucket, self._key(target), Config=self.transfer
+            )
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(source))
 
     def delete_prefix(self, prefix: str) -> None:
-        paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix) + "/"):
-            objects = [{"Key": item["Key"]} for item in page.get("Contents", [])]
-            if objects:
-                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects})
+        with self._errors(prefix):
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix) + "/"):
+                objects = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+                if not objects:
+                    continue
+                answer = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True})
+                if answer.get("Errors"):
+                    first = answer["Errors"][0]
+                    logger.warning("S3 kept %d objects under %s: %s", len(answer["Errors"]), prefix, first)
+                    raise StorageUnavailable("The storage did not delete every file; try again shortly.")
 
     @contextlib.contextmanager
     def local_copy(self, key: str) -> Iterator[Path]:
         with tempfile.TemporaryDirectory(prefix="stemscribe-") as folder:
             path = Path(folder) / Path(key).name
-            self.client.download_file(self.bucket, self._key(key), str(path))
+            with self._errors(key):
+                self.client.download_file(self.bucket, self._key(key), str(path), Config=self.transfer)
             yield path
 
     def ping(self) -> None:
-        self.client.head_bucket(Bucket=self.bucket)
+        try:
+            with self._errors(""):
+                self.client.head_bucket(Bucket=self.bucket)
+        except FileNotFoundError as exc:
+            raise StorageUnavailable(f"The bucket {self.bucket!r} does not exist.") from exc
+
+    def download_url(self, key: str, filename: str, content_type: str) -> str | None:
+        if not self.presigned_downloads:
+            return None
+        params = {
+            "Bucket": self.bucket, "Key": self._key(key),
+            "ResponseContentType": content_type,
+            "ResponseContentDisposition": f'attachment; filename="{filename}"',
+        }  # fmt: skip
+        with self._errors(key):
+            return self._presigner.generate_presigned_url(  # type: ignore[no-any-return]
+                "get_object", Params=params, ExpiresIn=self.presigned_expiry_seconds
+            )
 
 
 def storage_from_settings(settings: Settings) -> StorageBackend:
     if settings.storage_backend == "s3":
-        assert settings.s3_bucket is not None
-        return S3Storage(settings.s3_bucket, settings.s3_prefix, settings.s3_endpoint_url, settings.s3_region)
+        return S3Storage.from_settings(settings)
     assert settings.storage_dir is not None
     return LocalStorage(settings.storage_dir)

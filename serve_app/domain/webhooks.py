@@ -1,26 +1,32 @@
-"""Webhooks in the Standard Webhooks format: HMAC-SHA256 signed, retried with backoff under one
-`webhook-id`, and never sent to private, loopback or link-local addresses unless allowed."""
+"""Webhooks in the Standard Webhooks format: HMAC-SHA256 signed, and never sent to private,
+loopback or link-local addresses unless allowed. The host is resolved once per attempt, every
+address it resolves to is checked, and the request goes to exactly such a checked address (with
+the Host header and TLS SNI of the name), so a DNS answer that changes between the check and the
+connection (DNS rebinding) cannot reach an address that was not checked. Deliveries themselves,
+with their retries, live in the outbox (`serve_app.domain.outbox`)."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
 import ipaddress
-import json
-import logging
 import socket
 import time
-import uuid
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import httpx
 
 from serve_app.domain.errors import WebhookRefused
 
-logger = logging.getLogger(__name__)
+# (host, port) -> the addresses it resolves to, in the order to try them.
+Resolver = Callable[[str, int], list[str]]
+
+
+class WebhookUnresolvable(WebhookRefused):
+    """The host did not resolve: refused at upload, retried at delivery (DNS may be away a moment)."""
 
 
 def _secret_bytes(secret: str) -> bytes:
@@ -33,70 +39,97 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
-def check_target(url: str, allow_private: bool) -> None:
-    """Refuse URLs stemscribe must not call: other schemes, and (unless allowed) hosts that resolve
-    to private, loopback, link-local or otherwise non-public addresses. Checked again before each send."""
+def system_resolver(host: str, port: int) -> list[str]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def is_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is loopback
+    return ip.is_global and not ip.is_multicast
+
+
+@dataclass(frozen=True)
+class Target:
+    """A webhook URL and the checked addresses its host resolved to."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    addresses: tuple[str, ...]
+
+    @property
+    def host_header(self) -> str:
+        name = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return name if self.port == default else f"{name}:{self.port}"
+
+    def request_for(self, address: str) -> tuple[httpx.URL, dict[str, str], dict[str, str]]:
+        """URL (with the address in place of the name), headers and httpx extensions for one address."""
+        url = httpx.URL(self.url).copy_with(host=address)
+        extensions = {}
+        if self.scheme == "https" and self.host != address:
+            extensions["sni_hostname"] = self.host  # SNI and certificate checks stay on the name
+        return url, {"host": self.host_header}, extensions
+
+
+def resolve_target(url: str, allow_private: bool, resolver: Resolver = system_resolver) -> Target:
+    """Resolve the URL's host once and check every address: WebhookRefused for other schemes and
+    (unless allowed) for a host any of whose addresses is private, loopback, link-local or otherwise
+    not public; WebhookUnresolvable when it does not resolve."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise WebhookRefused("webhook_url must be an http or https URL with a host.")
-    if allow_private:
-        return
     try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
-    except (socket.gaierror, UnicodeError) as exc:
-        raise WebhookRefused(f"The webhook host {parts.hostname!r} does not resolve.") from exc
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global:
-            raise WebhookRefused(
-                f"The webhook host {parts.hostname!r} is a private, loopback or link-local address; "
-                "stemscribe only calls public addresses."
-            )
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise WebhookRefused("webhook_url has an invalid port.") from exc
+    host = parts.hostname
+    try:
+        addresses = [str(ipaddress.ip_address(host))]
+    except ValueError:
+        try:
+            addresses = resolver(host, port)
+        except (OSError, UnicodeError) as exc:
+            raise WebhookUnresolvable(f"The webhook host {host!r} does not resolve.") from exc
+    if not addresses:
+        raise WebhookUnresolvable(f"The webhook host {host!r} does not resolve.")
+    if not allow_private:
+        for address in addresses:
+            if not is_public(address):
+                raise WebhookRefused(
+                    f"The webhook host {host!r} is a private, loopback or link-local address; "
+                    "stemscribe only calls public addresses."
+                )
+    return Target(url, parts.scheme, host, port, tuple(addresses))
 
 
-class WebhookSender:
-    def __init__(self, secret: str, retry_seconds: float, timeout_seconds: float, allow_private: bool) -> None:
-        self.secret = secret
-        self.retry_seconds = retry_seconds
-        self.timeout_seconds = timeout_seconds
-        self.allow_private = allow_private
-        self._tasks: set[asyncio.Task[None]] = set()
+def check_target(url: str, allow_private: bool, resolver: Resolver = system_resolver) -> Target:
+    """The check at upload time (the same rules apply again before every delivery)."""
+    return resolve_target(url, allow_private, resolver)
 
-    def send(self, url: str, event_type: str, data: dict[str, Any]) -> None:
-        """Deliver in the background; the caller never waits for a receiver."""
-        task = asyncio.create_task(self._deliver(url, event_type, data))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
-    async def _deliver(self, url: str, event_type: str, data: dict[str, Any]) -> None:
-        msg_id = f"msg_{uuid.uuid4().hex}"  # the same id on every retry, so receivers can de-duplicate
-        body = json.dumps({"type": event_type, "timestamp": time.time(), "data": data}).encode()
-        deadline = time.monotonic() + self.retry_seconds
-        delay = 0.5
-        async with httpx.AsyncClient(timeout=self.timeout_seconds, follow_redirects=False) as client:
-            while True:
-                try:
-                    await asyncio.to_thread(check_target, url, self.allow_private)
-                    timestamp = int(time.time())
-                    headers = {
-                        "content-type": "application/json",
-                        "webhook-id": msg_id,
-                        "webhook-timestamp": str(timestamp),
-                        "webhook-signature": sign(self.secret, msg_id, timestamp, body),
-                    }
-                    response = await client.post(url, content=body, headers=headers)
-                    if 200 <= response.status_code < 300:
-                        logger.info("webhook %s %s delivered to %s", event_type, msg_id, url)
-                        return
-                    reason = f"HTTP {response.status_code}"
-                except WebhookRefused as exc:
-                    logger.warning("webhook %s to %s refused: %s", msg_id, url, exc.message)
-                    return
-                except httpx.HTTPError as exc:
-                    reason = type(exc).__name__
-                if time.monotonic() + delay > deadline:
-                    logger.warning("webhook %s to %s given up after retries (%s)", msg_id, url, reason)
-                    return
-                logger.info("webhook %s to %s failed (%s); retrying in %.1f s", msg_id, url, reason, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 60.0)
+async def post_signed(
+    client: httpx.AsyncClient, target: Target, secret: str, msg_id: str, body: bytes
+) -> httpx.Response:
+    """POST the signed body to the target's checked addresses, the next one only if a connection
+    could not be made. The client must not follow redirects."""
+    last: httpx.TransportError | None = None
+    for address in target.addresses:
+        url, headers, extensions = target.request_for(address)
+        timestamp = int(time.time())
+        headers |= {
+            "content-type": "application/json",
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(secret, msg_id, timestamp, body),
+        }
+        try:
+            return await client.post(url, content=body, headers=headers, extensions=extensions)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            last = exc
+    assert last is not None
+    raise last

@@ -3,42 +3,37 @@ the real models, and real HTTP."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import socket
+import asyncio
+import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 import ray
 from ray import serve
 
-from deployments.demucs_models import write_random_htdemucs
+from benchmarks.local_service import (  # noqa: F401 (shared with the tests)
+    APP_NAME,
+    free_port,
+    fresh_postgres_database,
+    kill_replica,
+    replica_actors,
+)
+from music.engines.demucs_models import write_random_htdemucs
 from serve_app.app import build_app
-from serve_app.settings import Settings
 
-APP_NAME = "stemscribe"
-POSTGRES_URL = os.environ.get("STEMSCRIBE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 FINAL = {"succeeded", "failed", "canceled"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
 def serve_url() -> Iterator[str]:
     # Logical resources: the GPU lets the 0.5-GPU replicas schedule; the code falls back to the CPU.
     ray.init(num_cpus=8, num_gpus=1, include_dashboard=False, log_to_driver=False)
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
@@ -50,21 +45,6 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("models")
     write_random_htdemucs(folder)
     return folder
-
-
-@contextlib.contextmanager
-def fresh_postgres_database() -> Iterator[str]:
-    """A new, empty database on the real PostgreSQL server, dropped afterwards."""
-    name = f"stemscribe_test_{uuid.uuid4().hex[:8]}"
-    admin = POSTGRES_URL.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base, _, _ = admin.rpartition("/")
-    try:
-        yield f"{base}/{name}"
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
@@ -106,14 +86,18 @@ class Service:
         return response.content
 
 
-def deploy(serve_url: str, **settings: Any) -> Service:
+def deploy(serve_url: str, wait_for_database: bool = True, **settings: Any) -> Service:
+    """Deploy (or redeploy) the application; wait until the model is no longer loading and, unless the test
+    keeps the database away, until the job tracker has migrated the schema and seeded the API keys."""
     settings.setdefault("auth_required", False)  # tests/integration/test_security.py turns it on
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
     client = httpx.Client(base_url=serve_url, timeout=120)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
-        health = client.get("/api/v1/health").json()
-        if health["components"]["separation"]["detail"].get("state") != "loading":
+        components = client.get("/api/v1/health").json()["components"]
+        loading = components["separation"]["detail"].get("state") == "loading"
+        waiting = components["job_tracker"]["detail"].get("state") == "waiting for the database"
+        if not loading and not (wait_for_database and waiting):
             break
         time.sleep(0.5)
     return Service(serve_url, client, settings)
@@ -121,10 +105,96 @@ def deploy(serve_url: str, **settings: Any) -> Service:
 
 def undeploy(service: Service) -> None:
     service.client.close()
-    serve.delete(APP_NAME)
-    # The tracker is detached (it outlives the application on purpose); end it with the test's settings.
-    settings = Settings(**service.settings)
-    try:
-        ray.kill(ray.get_actor(settings.tracker_actor_name, namespace=settings.ray_namespace), no_restart=True)
-    except ValueError:
-        pass
+    serve.delete(APP_NAME)  # the job tracker is a deployment of the application: it goes with it
+
+
+def wait_stage(service: Service, job_id: str, stage: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = service.client.get(f"/api/v1/jobs/{job_id}").json()
+        if job["stage"] == stage:
+            return
+        assert job["status"] in ("queued", "running"), job
+        time.sleep(0.1)
+    raise AssertionError(f"{job_id} never reached {stage}")
+
+
+def finished_once(service: Service, jobs: list[str]) -> list[dict[str, Any]]:
+    """Every job succeeded with one set of results, and its progress never went backwards."""
+    finished = [service.wait(job_id, timeout=300) for job_id in jobs]
+    for job in finished:
+        assert job["status"] == "succeeded", job
+        names = [r["name"] for r in job["results"]]
+        assert len(names) == len(set(names))
+        seen = service.seen_progress[job["job_id"]]
+        assert seen == sorted(seen), f"progress went backwards: {seen}"
+    return finished
+
+
+def crash_mid_separation(service: Service, song: Path, deployment: str) -> dict[str, Any]:
+    """Submit `song` for Demucs, kill the one `deployment` replica (no graceful shutdown) while it
+    separates, and return the job once it has finished: succeeded once, on its second attempt."""
+    job_id = service.submit(song, separation="demucs").json()["job_id"]
+    wait_stage(service, job_id, "separating")
+    (replica,) = replica_actors(deployment)
+    kill_replica(replica)
+    (job,) = finished_once(service, [job_id])
+    assert job["attempts"] == 2, job
+    return job
+
+
+class TcpProxy:
+    """A TCP forwarder on a free local port, so a test can take the database away and bring it back
+    without touching the PostgreSQL server others use: `close()` stops listening and cuts every open
+    connection; `open()` listens on the same port again."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._loop = asyncio.new_event_loop()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        threading.Thread(target=self._loop.run_forever, name="tcp-proxy", daemon=True).start()
+
+    def open(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._open(), self._loop).result(10)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(10)
+
+    def stop(self) -> None:
+        self.close()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+    async def _open(self) -> None:
+        if self._server is None:
+            self._server = await asyncio.start_server(self._forward, "127.0.0.1", self.port, reuse_address=True)
+
+    async def _close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def _forward(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        try:
+            server_reader, server_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            client_writer.transport.abort()
+            return
+        self._writers |= {client_writer, server_writer}
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except (OSError, ConnectionError):
+                pass
+            finally:
+                writer.transport.abort()
+                self._writers.discard(writer)
+
+        await asyncio.gather(pipe(client_reader, server_writer), pipe(server_reader, client_writer))

@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks import evaluate
 from benchmarks.evalset import select
-from deployments.demucs_models import DEFAULT_TEST_MODEL
+from music.engines.demucs_models import DEFAULT_TEST_MODEL
 from tests.integration.conftest import Service, deploy, undeploy
 
 pytestmark = pytest.mark.integration

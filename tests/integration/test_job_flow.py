@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 
 import mido
 import mir_eval
+import music21
 import numpy as np
 import pretty_midi
 import pytest
 import soundfile
 
-from deployments.demucs_models import DEFAULT_TEST_MODEL
+from music.drum_kit import drum_class
+from music.engines.demucs_models import DEFAULT_TEST_MODEL
+from tests.audio_files import encode, tone
 from tests.integration.conftest import Service, deploy, undeploy
-from serve_app.domain.drum_kit import drum_class
 from tests.music import ensemble, melody, render
 
 pytestmark = pytest.mark.integration
@@ -90,7 +94,8 @@ def test_whole_mix_transcription_matches_the_score(service: Service, piano) -> N
     seen = service.seen_progress[accepted["job_id"]]
     assert seen == sorted(seen), "progress went backwards"
     assert {r["name"] for r in job["results"]} == {
-        "transcription.mid", "transcription.quantized.mid", "notes.json", "midi/mix.mid", "stems/mix.wav",
+        "transcription.mid", "transcription.quantized.mid", "transcription.musicxml", "notes.json", "midi/mix.mid",
+        "stems/mix.wav",
     }  # fmt: skip
 
     midi = pretty_midi.PrettyMIDI(io.BytesIO(service.result(job, "transcription.mid")))
@@ -110,6 +115,24 @@ def test_whole_mix_transcription_matches_the_score(service: Service, piano) -> N
     per_stem = pretty_midi.PrettyMIDI(io.BytesIO(service.result(job, "midi/mix.mid")))
     assert len(per_stem.instruments[0].notes) == len(notes)
 
+    # The score: the quantized notes, read back with music21, on the mix's grand staff.
+    (link,) = [r["url"] for r in job["results"] if r["name"] == "transcription.musicxml"]
+    download = service.client.get(link)
+    assert download.status_code == 200
+    assert download.headers["content-type"] == "application/vnd.recordare.musicxml+xml"
+    score = music21.converter.parse(download.content, format="musicxml")
+    assert [p.partName for p in score.parts] == ["Mix", "Mix"]  # treble and bass staves of one part
+    onsets = {
+        (n.pitch.midi, Fraction(el.offset))
+        for part in score.parts
+        for el in part.flatten().notes
+        if el.tie is None or el.tie.type == "start"  # a tied continuation is not a new note
+        for n in getattr(el, "notes", [el])
+    }
+    grid = pretty_midi.PrettyMIDI(io.BytesIO(service.result(job, "transcription.quantized.mid")))
+    expected = {(n.pitch, Fraction(grid.time_to_tick(n.start), grid.resolution)) for n in grid.instruments[0].notes}
+    assert onsets == expected and len(onsets) >= 0.8 * len(truth.instruments[0].notes)
+
 
 def test_tempo_meter_and_key_reach_the_job_the_json_and_the_midi(service: Service, band) -> None:
     path, _ = band
@@ -125,17 +148,32 @@ def test_tempo_meter_and_key_reach_the_job_the_json_and_the_midi(service: Servic
 
     midi = pretty_midi.PrettyMIDI(io.BytesIO(service.result(job, "transcription.mid")))
     assert [(k.key_number, k.time) for k in midi.key_signature_changes] == [(0, 0.0)]  # C major
-    assert [(t.numerator, t.denominator) for t in midi.time_signature_changes] == [(4, 4)]
-    # The tempo map puts every tracked beat on a beat of the file: bars line up in a DAW.
+    # Bar 1 may be a pickup with its own short time signature; the piece's meter follows it.
+    signatures = [(t.numerator, t.denominator) for t in midi.time_signature_changes]
+    assert signatures[-1] == (4, 4) and len(signatures) <= 2
+    # Every tempo a DAW shows is musical: within x0.5..x2 of the piece's tempo.
+    _, tempi = midi.get_tempo_changes()
+    assert all(0.5 <= bpm / analysis["tempo_bpm"] <= 2 for bpm in tempi), tempi
+    # The tempo map puts every tracked beat a whole number of beats after the first: bars line up in a DAW.
+    resolution = midi.resolution
+    first = midi.time_to_tick(document["beats"][0])
+    assert first % (resolution // 4) in (0, 1, resolution // 4 - 1)  # after a pickup of whole sixteenths
     for beat_time in document["beats"]:
-        assert midi.time_to_tick(beat_time) % midi.resolution in (0, 1, midi.resolution - 1)
+        assert (midi.time_to_tick(beat_time) - first) % resolution in (0, 1, resolution - 1)
     # ... and the notes keep their real times.
     starts = sorted(n.start for n in midi.instruments[0].notes)
     assert starts == pytest.approx(sorted(n["start"] for n in document["notes"]), abs=0.002)
+    # notes.json's bar and beat are where a DAW shows the note: bars from the file's own time signatures,
+    # beats in the unit of the bar's signature (sixteenths in a 5/16 pickup bar).
+    bar_lines = [midi.time_to_tick(t) for t in midi.get_downbeats()]
+    changes = [(midi.time_to_tick(t.time), t.denominator) for t in midi.time_signature_changes]
     for row in document["notes"]:
-        bar, beat = row["bar"], row["beat"]
         tick = midi.time_to_tick(row["start"])
-        assert (bar - 1) * 4 + (beat - 1) == pytest.approx(tick / midi.resolution, abs=0.01)
+        bar = sum(1 for line in bar_lines if line <= tick + 1)
+        denominator = [d for at, d in changes if at <= bar_lines[bar - 1]][-1]
+        assert row["bar"] == bar
+        beats_in = (tick - bar_lines[bar - 1]) / resolution * denominator / 4
+        assert row["beat"] - 1 == pytest.approx(beats_in, abs=0.02)
 
 
 def test_quantized_midi_snaps_to_the_grid_the_job_asked_for(service: Service, piano) -> None:
@@ -145,7 +183,10 @@ def test_quantized_midi_snaps_to_the_grid_the_job_asked_for(service: Service, pi
     assert job["options"]["midi"]["quantize_grid"] == "1/8t"
     midi = pretty_midi.PrettyMIDI(io.BytesIO(service.result(job, "transcription.quantized.mid")))
     step = midi.resolution // 3  # eighth-note triplets: three per beat
-    ticks = [midi.time_to_tick(t) for n in midi.instruments[0].notes for t in (n.start, n.end)]
+    # The grid is counted from the beats (after a pickup of whole sixteenths they are off tick 0's grid).
+    beats = json.loads(service.result(job, "notes.json"))["beats"]
+    origin = midi.time_to_tick(beats[0]) % midi.resolution
+    ticks = [midi.time_to_tick(t) - origin for n in midi.instruments[0].notes for t in (n.start, n.end)]
     assert ticks and all(min(t % step, step - t % step) <= 1 for t in ticks)
     unquantized = pretty_midi.PrettyMIDI(io.BytesIO(service.result(job, "transcription.mid")))
     assert len(midi.instruments[0].notes) <= len(unquantized.instruments[0].notes)
@@ -221,3 +262,24 @@ def test_jobs_beyond_the_concurrency_limit_wait_in_the_queue(service: Service, p
         running += delta
         peak = max(peak, running)
     assert 1 <= peak <= MAX_CONCURRENT_JOBS
+
+
+def test_a_job_without_separation_passes_a_running_separation(service: Service, piano, tmp_path: Path) -> None:
+    """Demucs busy on one song holds up neither readiness nor a `separation=none` job behind it."""
+    path, _ = piano
+    # Long enough that the small test model is still separating when the quick job is done.
+    long_song = encode(tmp_path / "long.flac", tone(240.0), 44100, "flac")
+    slow = service.submit(long_song, separation="demucs").json()["job_id"]
+    deadline = time.monotonic() + 60
+    while service.client.get(f"/api/v1/jobs/{slow}").json()["stage"] != "separating":
+        assert time.monotonic() < deadline, "the demucs job never started separating"
+        time.sleep(0.1)
+
+    ready = service.client.get("/api/v1/health/ready")
+    assert ready.status_code == 200, ready.text
+    quick = service.wait(service.submit(path, separation="none").json()["job_id"], timeout=60)
+    assert quick["status"] == "succeeded", quick["error"]
+    slow_job = service.client.get(f"/api/v1/jobs/{slow}").json()
+    assert (slow_job["status"], slow_job["stage"]) == ("running", "separating"), slow_job
+    service.client.post(f"/api/v1/jobs/{slow}/cancel")
+    assert service.wait(slow)["status"] == "canceled"

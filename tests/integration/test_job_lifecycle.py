@@ -13,9 +13,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
-from deployments.demucs_models import DEFAULT_TEST_MODEL
+from music.engines.demucs_models import DEFAULT_TEST_MODEL
 from tests.audio_files import encode, tone
 from tests.integration.conftest import Service, deploy, undeploy
 from tests.music import melody, render
@@ -205,11 +206,26 @@ def test_idempotency_key_makes_one_job_even_from_20_concurrent_posts(service: Se
 def test_a_full_queue_answers_503_with_retry_after(service: Service, song: Path, long_song: Path) -> None:
     blocker = service.submit(long_song, separation="demucs").json()["job_id"]
     _wait_for(service, blocker, "separating")
-    queued = [service.submit(song, separation="none") for _ in range(MAX_QUEUE_DEPTH)]
+    key = f"queued-{time.time_ns()}"
+
+    def keyed(idempotency_key: str) -> httpx.Response:
+        with open(song, "rb") as fh:
+            return service.client.post(
+                "/api/v1/transcribe", files={"file": ("song.wav", fh)}, data={"separation": "none"},
+                headers={"Idempotency-Key": idempotency_key},
+            )  # fmt: skip
+
+    queued = [keyed(key)] + [service.submit(song, separation="none") for _ in range(MAX_QUEUE_DEPTH - 1)]
     assert [r.status_code for r in queued] == [202] * MAX_QUEUE_DEPTH
     refused = service.submit(song, separation="none")
     assert refused.status_code == 503 and refused.json()["code"] == "queue_full"
     assert int(refused.headers["retry-after"]) >= 1
+    # An Idempotency-Key does not pass the queue: a new one is refused like any upload, and a replay of
+    # one already used answers with its job without counting.
+    fresh = keyed(f"new-{time.time_ns()}")
+    assert fresh.status_code == 503 and fresh.json()["code"] == "queue_full"
+    replay = keyed(key)
+    assert replay.status_code == 202 and replay.json()["job_id"] == queued[0].json()["job_id"]
     service.client.post(f"/api/v1/jobs/{blocker}/cancel")
     assert [service.wait(r.json()["job_id"])["status"] for r in queued] == ["succeeded"] * MAX_QUEUE_DEPTH
 

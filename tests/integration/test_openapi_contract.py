@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
-from deployments.demucs_models import DEFAULT_TEST_MODEL
+from music.engines.demucs_models import DEFAULT_TEST_MODEL
 from tests.integration.conftest import Service, deploy, undeploy
 
 pytestmark = pytest.mark.integration

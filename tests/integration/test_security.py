@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
+import psycopg
 import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from deployments.demucs_models import DEFAULT_TEST_MODEL
+from music.engines.demucs_models import DEFAULT_TEST_MODEL
 from tests.audio_files import encode, tone
-from tests.integration.conftest import Service, deploy, undeploy
+from tests.integration.conftest import Service, deploy, fresh_postgres_database, undeploy
 
 pytestmark = pytest.mark.integration
 
@@ -26,20 +32,22 @@ MAX_PER_MINUTE = 6
 
 @pytest.fixture(scope="module")
 def service(serve_url: str, model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    svc = deploy(
-        serve_url, data_dir=str(tmp_path_factory.mktemp("data-security")), demucs_model_dir=str(model_dir),
-        demucs_model=DEFAULT_TEST_MODEL, auth_required=True, api_keys=SEEDED, max_active_jobs_per_key=MAX_ACTIVE,
-        max_uploads_per_minute=MAX_PER_MINUTE,
-    )  # fmt: skip
-    yield svc
-    undeploy(svc)
+    # PostgreSQL, so the limits are tested under concurrency where it matters most.
+    with fresh_postgres_database() as database_url:
+        svc = deploy(
+            serve_url, data_dir=str(tmp_path_factory.mktemp("data-security")), demucs_model_dir=str(model_dir),
+            demucs_model=DEFAULT_TEST_MODEL, auth_required=True, api_keys=SEEDED,
+            max_active_jobs_per_key=MAX_ACTIVE, max_uploads_per_minute=MAX_PER_MINUTE, database_url=database_url,
+        )  # fmt: skip
+        yield svc
+        undeploy(svc)
 
 
 def _cli(service: Service, *args: str) -> str:
-    database = f"sqlite:///{Path(service.settings['data_dir']) / 'stemscribe.db'}"
     done = subprocess.run(
         [sys.executable, "-m", "serve_app.cli", "keys", *args],
-        env={"DATABASE_URL": database, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, check=True,
+        env={"DATABASE_URL": service.settings["database_url"], "PATH": "/usr/bin:/bin"}, capture_output=True,
+        text=True, check=True,
     )  # fmt: skip
     return done.stdout
 
@@ -121,6 +129,51 @@ def test_per_key_limits_answer_429_with_retry_after(service: Service, song: Path
         service.wait_with(response.json()["job_id"], {"X-API-Key": other})
     assert response.status_code == 429 and "last minute" in response.json()["detail"]
     assert accepted == MAX_PER_MINUTE
+
+
+def test_a_large_upload_without_a_key_is_refused_before_its_body_is_read(service: Service) -> None:
+    """Headers declaring 150 MB (under the size limit) and 64 KB of body: the 401 comes back through
+    the Serve proxy while the rest of the body has not been sent."""
+    parts = urlsplit(service.url)
+    head = (
+        f"POST /api/v1/transcribe HTTP/1.1\r\nHost: {parts.hostname}\r\nContent-Length: 150000000\r\n"
+        "Content-Type: multipart/form-data; boundary=b\r\n\r\n"
+    ).encode()
+    with socket.create_connection((parts.hostname, parts.port), timeout=20) as sock:
+        sock.sendall(head + b"--b\r\n" + b"\0" * 65536)
+        answer = b""
+        while b"\r\n\r\n" not in answer and (chunk := sock.recv(65536)):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 401"), answer
+
+
+def test_concurrent_uploads_stop_exactly_at_the_active_job_limit(service: Service, tmp_path: Path) -> None:
+    """20 uploads from one key at once: exactly MAX_ACTIVE are accepted, the rest get 429, no job
+    rows beyond the limit and no orphan upload files."""
+    key = _cli(service, "create", "burst").strip()
+    long = encode(tmp_path / "long.flac", tone(60.0), 44100, "flac")  # keeps its jobs active through the burst
+    barrier = threading.Barrier(20)
+
+    def post(_: int) -> httpx.Response:
+        barrier.wait()
+        return _post(service, long, key, separation="demucs")
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
+        answers = list(pool.map(post, range(20)))
+    statuses = sorted(r.status_code for r in answers)
+    assert statuses == [202] * MAX_ACTIVE + [429] * (20 - MAX_ACTIVE), statuses
+    accepted = [r.json()["job_id"] for r in answers if r.status_code == 202]
+    listed = service.client.get("/api/v1/jobs", headers={"X-API-Key": key}).json()["jobs"]
+    assert sorted(j["job_id"] for j in listed) == sorted(accepted)
+    with psycopg.connect(service.settings["database_url"]) as conn:
+        known = {row[0] for row in conn.execute("SELECT id FROM jobs")}
+    deadline = time.monotonic() + 10  # a refused upload's files go right after its 429
+    stored = Path(service.settings["data_dir"]) / "storage" / "jobs"
+    while orphans := [p.name for p in stored.iterdir() if p.name not in known]:
+        assert time.monotonic() < deadline, orphans
+        time.sleep(0.2)
+    for job_id in accepted:
+        service.client.post(f"/api/v1/jobs/{job_id}/cancel", headers={"X-API-Key": key})
 
 
 STAGES = ["queued", "decoding", "separating", "transcribing", "packaging", "done"]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from serve_app.domain.cleaning import clean, remove_ghost_notes, remove_octave_duplicates
-from serve_app.domain.midi import Note
-from serve_app.domain.options import MidiOptions
+from music.cleaning import clean, remove_ghost_notes, remove_octave_duplicates
+from music.notes import Note
+from music.presets import MidiOptions
 
 
 def _line(velocity: int = 90) -> list[Note]:

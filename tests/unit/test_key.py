@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from serve_app.domain.key import estimate_key
-from serve_app.domain.midi import Note
+from music.key import estimate_key
+from music.notes import Note
 
 MAJOR_SCALE = (0, 2, 4, 5, 7, 9, 11)
 HARMONIC_MINOR = (0, 2, 3, 5, 7, 8, 11)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import mido
 import pretty_midi
 import pytest
 
-from serve_app.domain.key import Key
-from serve_app.domain.midi import Note, PitchBend, build_midi, midi_bytes, notes_document, notes_from_basic_pitch
-from serve_app.domain.rhythm import BeatGrid
+from music.key import Key
+from music.midi import analysis_summary, build_midi, midi_bytes, notes_document  # fmt: skip
+from music.notes import Note, PitchBend, notes_from_basic_pitch  # fmt: skip
+from music.rhythm import BeatGrid
+from serve_app.api.schemas import MusicAnalysis
 
 
 def _reload(midi: pretty_midi.PrettyMIDI) -> pretty_midi.PrettyMIDI:
@@ -98,3 +101,22 @@ def test_drums_go_to_channel_ten_and_bends_to_their_stems_own_channel() -> None:
     assert len(vocal_channels) == 1 and ("pitchwheel", vocal_channels.pop()) in channels["vocals"]
     assert not any(kind == "pitchwheel" for kind, _ in channels["bass"])
     assert {c for _, c in channels["vocals"]}.isdisjoint({c for _, c in channels["bass"]})
+
+
+def test_analysis_says_where_the_tempo_came_from_and_how_sure_the_meter_is() -> None:
+    tracked = replace(BeatGrid.steady(96.0, 30.0, 3), tempo_reason="steady beat: one tempo", meter_confidence=0.734)
+    assert analysis_summary(tracked, None) == {
+        "tempo_bpm": 96.0, "tempo_source": "tracked", "tempo_reason": "steady beat: one tempo",
+        "time_signature": "3/4", "meter_confidence": 0.73, "key": None, "key_confidence": None,
+    }  # fmt: skip
+    fallback = replace(
+        BeatGrid.steady(131.0, 30.0), tempo_source="steady_fallback", tempo_reason="no onsets at the beats",
+        meter_confidence=0.0,
+    )  # fmt: skip
+    document = notes_document({"other": [Note(1.0, 2.0, 60, 80)]}, fallback, None)
+    assert (document["tempo_source"], document["tempo_reason"], document["meter_confidence"]) == (
+        "steady_fallback", "no onsets at the beats", 0.0,
+    )  # fmt: skip
+    assert {k: document[k] for k in analysis_summary(fallback, None)} == analysis_summary(fallback, None)
+    # The job view's schema carries the new fields rather than dropping them.
+    assert MusicAnalysis.model_validate(analysis_summary(fallback, None)).model_dump()["tempo_source"] == "steady_fallback"

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from serve_app.domain.options import JobOptions, MidiOptions, NoteParameters, QuantizeGrid, is_pitched, preset_for
+from music.presets import MidiOptions, NoteParameters, QuantizeGrid, is_pitched, preset_for
+from serve_app.domain.jobs import JobOptions
 
 
 def test_requested_parameters_override_only_what_they_set() -> None:

@@ -10,13 +10,14 @@ import io
 import json
 from pathlib import Path
 
+import music21
 import pretty_midi
 
-from serve_app.domain.jobs import Stage
-from serve_app.domain.midi import Note
-from serve_app.domain.options import JobOptions, MidiOptions, QuantizeGrid
+from music.notes import Note
+from music.presets import MidiOptions, QuantizeGrid
+from music.rhythm import BeatGrid
+from serve_app.domain.jobs import JobOptions, Stage
 from serve_app.domain.pipeline import JobPipeline
-from serve_app.domain.rhythm import BeatGrid
 from serve_app.domain.storage import JobKeys, LocalStorage
 
 JOB = "0" * 32
@@ -31,10 +32,11 @@ class _NotCalled:
 
 
 class _Handle:
-    prepare_stems = transcribe_stem = status = _NotCalled()
+    prepare_stems = transcribe_stems = status = _NotCalled()
 
 
 class _Attempt:
+    number = 1
     known_stems = ["other", "drums"]
 
     async def report(self, stage: Stage, fraction: float) -> None: ...
@@ -42,6 +44,16 @@ class _Attempt:
     async def checkpoint(self) -> None: ...
 
     async def stems_separated(self, stems: list[str]) -> None: ...
+
+
+class _Leases:
+    """The attempt holds its job throughout."""
+
+    def holds_lease(self, job_id: str, attempt: int) -> bool:
+        return True
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return False
 
 
 def _package(tmp_path: Path, midi: MidiOptions) -> tuple[LocalStorage, list[str]]:
@@ -54,7 +66,7 @@ def _package(tmp_path: Path, midi: MidiOptions) -> tuple[LocalStorage, list[str]
     other = [n.to_json("other") for n in MELODY + [GHOST, HARMONIC]]
     storage.put_bytes(keys.stem_notes("other"), json.dumps(other).encode())
     storage.put_bytes(keys.stem_notes("drums"), json.dumps([Note(0.0, 0.1, 36, 100).to_json("drums")]).encode())
-    pipeline = JobPipeline(storage, _Handle(), _Handle())  # type: ignore[arg-type]
+    pipeline = JobPipeline(storage, _Handle(), _Handle(), _Leases())  # type: ignore[arg-type]
     output = asyncio.run(pipeline.run(JOB, JobOptions(midi=midi), _Attempt()))
     return storage, output.results
 
@@ -78,9 +90,13 @@ def test_every_result_is_written_and_the_quantized_file_uses_the_jobs_grid(tmp_p
     storage, results = _package(tmp_path, MidiOptions(quantize_grid=QuantizeGrid.QUARTER))
     keys = JobKeys(JOB)
     assert all(storage.exists(keys.result(name)) for name in results)
-    assert {"midi/drums.mid", "midi/other.mid", "transcription.quantized.mid"} <= set(results)
+    assert {"midi/drums.mid", "midi/other.mid", "transcription.quantized.mid", "transcription.musicxml"} <= set(results)
     midi = pretty_midi.PrettyMIDI(io.BytesIO(storage.get_bytes(keys.result("transcription.quantized.mid"))))
     other = next(i for i in midi.instruments if i.name == "other")
     assert all(midi.time_to_tick(n.start) % midi.resolution == 0 for n in other.notes)  # on quarter notes
     drums = next(i for i in midi.instruments if i.name == "drums")
     assert drums.is_drum and [n.pitch for n in drums.notes] == [36]
+    # The score is of the same quantized notes: on quarter notes, in whole beats.
+    score = music21.converter.parse(storage.get_bytes(keys.result("transcription.musicxml")), format="musicxml")
+    assert [p.partName for p in score.parts] == ["Other", "Other", "Drums"]  # a grand staff, then the kit
+    assert all(n.offset == int(n.offset) for p in score.parts for n in p.flatten().notes)

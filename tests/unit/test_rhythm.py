@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import io
 import math
+from dataclasses import replace
 
 import mido
 import numpy as np
 import pretty_midi
 import pytest
 
-from serve_app.domain.midi import Note, PitchBend
-from serve_app.domain.options import QuantizeGrid
-from serve_app.domain.quantize import quantize
-from serve_app.domain.rhythm import BeatGrid
-from serve_app.domain.tempo_map import new_midi, seconds_per_tick, tempo_events
+from music.midi import build_midi, midi_bytes
+from music.notes import Note, PitchBend
+from music.presets import QuantizeGrid
+from music.quantize import quantize
+from music.rhythm import BeatGrid
+from music.tempo_map import new_midi, seconds_per_tick, tempo_events
 
 PPQ = 480
 
@@ -58,6 +60,31 @@ class _FileTempoMap:
         i = max(k for k, s in enumerate(self.starts) if s <= seconds + 1e-12)
         return self.changes[i][0] + (seconds - self.starts[i]) * 1e6 * self.ppq / self.changes[i][1]
 
+    def signatures(self) -> list[tuple[int, int, int]]:
+        """(tick, numerator, denominator) of every time signature."""
+        tick, out = 0, []
+        for message in self.file.tracks[0]:
+            tick += message.time
+            if message.type == "time_signature":
+                out.append((tick, message.numerator, message.denominator))
+        return out
+
+    def bar_and_beat(self, tick: int) -> tuple[int, float]:
+        """(bar, beat) from 1, as a DAW counts them from the file's time signatures: the beat in each
+        bar's own note value. Every bar but the last signature's must be whole."""
+        bar = 1
+        signatures = self.signatures()
+        for k, (start, numerator, denominator) in enumerate(signatures):
+            unit = self.ppq * 4 // denominator
+            end = signatures[k + 1][0] if k + 1 < len(signatures) else None
+            if end is not None:
+                assert (end - start) % (numerator * unit) == 0, "a bar cut short by the next time signature"
+            if end is None or tick < end:
+                bars, rest = divmod(tick - start, numerator * unit)
+                return bar + bars, rest / unit + 1.0
+            bar += (end - start) // (numerator * unit)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def note_ons(self) -> list[tuple[int, int]]:
         """(absolute tick, pitch) of every note-on."""
         out = []
@@ -90,30 +117,61 @@ def test_fallback_grid_starts_on_bar_one() -> None:
     assert grid.bar_and_beat(2.25) == (2, 1.5)
 
 
-def test_pickup_bar_is_squeezed_between_time_zero_and_the_first_beat() -> None:
-    # First downbeat at 0.5 s, beats 0.6 s apart: the virtual beats are at -0.1, -0.7, ... s, so the last
-    # bar line <= 0 is 4 beats before 0.5 s and bar 1 (the pickup) is 0..0.5 s.
+def test_a_pickup_fragment_becomes_whole_sixteenths_near_the_pieces_tempo() -> None:
+    # First downbeat at 0.5 s, beats 0.6 s apart: no virtual beat fits after time 0, so 0..0.5 s is a
+    # fragment of 0.83 beat, rounded to 3 sixteenths: bar 1 is a 3/16 bar at 90 BPM (the piece is at 100).
     grid = BeatGrid.from_line(0.5, 0.6, 20, 4, 0)
-    assert grid.first_beat_position == 4
-    assert grid.tempo_knots()[:3] == [(0.0, 0), (0.5, 4), (1.1, 5)]
+    assert grid.first_beat_position == 0.75 and grid.pickup_beats == 0.75
+    assert grid.tempo_knots()[:3] == [(0.0, 0.0), (0.5, 0.75), (1.1, 1.75)]
+    assert grid.time_signatures() == [(0.0, 3, 16), (0.75, 4, 4)]
     assert grid.beat_position(0.0) == 0.0
-    assert grid.beat_position(0.25) == pytest.approx(2.0)
+    assert grid.beat_position(0.25) == pytest.approx(0.375)
+    assert grid.bar_and_beat(0.25) == (1, pytest.approx(2.5))  # in sixteenths, as a DAW counts a 3/16 bar
     assert grid.bar_and_beat(0.5) == (2, 1.0)
     assert grid.bar_and_beat(0.8) == (2, 1.5)
     assert grid.bar_and_beat(0.5 + 4 * 0.6) == (3, 1.0)
 
 
 def test_virtual_beats_after_time_zero_keep_their_own_length() -> None:
-    # 3/4, downbeat at beats[2] = 1.7 s; virtual beats at 0.2 s (a bar line: 1.7 - 3 * 0.5) and -0.3 s.
-    # The bar line <= 0 is at -1.3 s, so time 0..0.2 s holds 3 beats and 0.2 s is bar 2.
+    # 3/4, downbeat at beats[2] = 1.7 s; a virtual beat at 0.2 s (a bar line: 1.7 - 3 * 0.5), and the
+    # 0.2 s before it is 2 sixteenths, so bar 1 is a 1/8 pickup and 0.2 s is bar 2.
     grid = BeatGrid.from_line(0.7, 0.5, 20, 3, 2)
     knots = grid.tempo_knots()[:4]
-    assert [p for _, p in knots] == [0, 3, 4, 5]
+    assert [p for _, p in knots] == [0.0, 0.5, 1.5, 2.5]
     assert [t for t, _ in knots] == pytest.approx([0.0, 0.2, 0.7, 1.2], abs=1e-12)
+    assert grid.time_signatures() == [(0.0, 1, 8), (0.5, 3, 4)]
     assert grid.bar_and_beat(0.2) == (2, 1.0)
     assert grid.bar_and_beat(0.45) == (2, 1.5)
     assert grid.bar_and_beat(1.7) == (3, 1.0)
     assert grid.downbeats()[0] == 1.7
+
+
+def test_a_long_silence_is_whole_bars_of_the_pieces_meter() -> None:
+    # First downbeat at 10.3 s, 0.5 s beats: 20 virtual beats (5 bars) back to 0.3 s, and a 0.3 s fragment
+    # (0.6 beat: 2 sixteenths) before them. The music starts at bar 7 (1/8 pickup + 5 empty bars).
+    grid = BeatGrid.from_line(10.3, 0.5, 20, 4, 0)
+    assert grid.first_beat_position == 20.5
+    assert grid.time_signatures() == [(0.0, 1, 8), (0.5, 4, 4)]
+    assert grid.bar_and_beat(10.3) == (7, 1.0)
+    assert grid.bar_and_beat(0.3) == (2, 1.0)
+
+
+def test_a_first_beat_just_after_time_zero_is_merged_into_tick_zero() -> None:
+    # 3 ms is no musical length: the beat counts as the one at time 0 and 0..1.003 s is bar 1's first beat.
+    grid = BeatGrid.from_line(0.003, 0.5, 20, 4, 0)
+    assert grid.first_beat_position == 0.0 and grid.pickup_beats == 0.0
+    assert grid.tempo_knots()[:2] == [(0.0, 0.0), (0.503, 1.0)]
+    assert grid.time_signatures() == [(0.0, 4, 4)]
+    assert grid.bar_and_beat(0.003, ticks_per_beat=PPQ) == (1, 1.0 + 3 / PPQ)
+    assert grid.bar_and_beat(2.003) == (2, 1.0)
+
+
+def test_a_beat_at_time_zero_that_is_not_a_downbeat_starts_a_pickup_of_whole_beats() -> None:
+    grid = BeatGrid((0.0, 0.5, 1.0, 1.5, 2.0), 4, 2)
+    assert grid.first_beat_position == 0.0 and grid.pickup_beats == 2.0
+    assert grid.time_signatures() == [(0.0, 2, 4), (2.0, 4, 4)]
+    assert grid.bar_and_beat(0.5) == (1, 2.0)
+    assert grid.bar_and_beat(1.0) == (2, 1.0)
 
 
 def test_positions_of_tracked_beats_are_whole_and_map_inverts_exactly() -> None:
@@ -152,7 +210,6 @@ def test_bar_numbers_count_from_the_pickup() -> None:
         ((1.0, 1.0, 2.0), 4, 0),  # not strictly ascending
         ((-0.5, 0.0, 0.5), 4, 0),  # before the file starts
         ((0.5, 1.0), 4, 4),  # first_downbeat out of range
-        ((0.0, 0.5, 1.0), 4, 1),  # tick 0 is a bar line, so a beat at 0 must be the downbeat
         ((0.5, float("nan")), 4, 0),
         ((0.5, 1.0), 0, 0),
     ],
@@ -162,16 +219,21 @@ def test_invalid_grids_are_refused(beats: tuple[float, ...], bpb: int, first: in
         BeatGrid(beats, bpb, first)
 
 
-def test_from_line_moves_off_a_non_downbeat_at_time_zero() -> None:
-    grid = BeatGrid.from_line(0.0, 0.5, 8, 4, 2)
-    assert grid.beats[0] == 0.5 and grid.first_downbeat == 1 and len(grid.beats) == 8
+def test_invalid_provenance_is_refused() -> None:
+    with pytest.raises(ValueError):
+        BeatGrid((0.5, 1.0), tempo_source="guessed")
+    with pytest.raises(ValueError):
+        BeatGrid((0.5, 1.0), meter_confidence=1.5)
 
 
 def test_json_round_trip() -> None:
-    grid = _varying_grid()
+    grid = replace(_varying_grid(), tempo_source="steady_fallback", tempo_reason="because", meter_confidence=0.25)
     data = grid.to_json()
     assert data["time_signature"] == "3/4" and data["tempo_bpm"] == pytest.approx(grid.tempo_bpm, abs=1e-3)
     assert BeatGrid.from_json(data) == grid
+    # beats.json written before the provenance fields existed still loads.
+    old = {k: v for k, v in data.items() if k not in ("tempo_source", "tempo_reason", "meter_confidence")}
+    assert BeatGrid.from_json(old) == replace(grid, tempo_source="tracked", tempo_reason="", meter_confidence=None)
 
 
 # --- the tempo map in the file -------------------------------------------------------------------------------
@@ -199,20 +261,30 @@ def test_written_file_keeps_note_times_and_puts_beats_and_bars_on_the_grid(grid:
     tempo_map = _FileTempoMap(data)
     assert tempo_map.ppq == PPQ
 
-    # Tempo and time signature events.
-    meta = [m for m in tempo_map.file.tracks[0] if m.is_meta]
-    signatures = [m for m in meta if m.type == "time_signature"]
-    assert [(s.numerator, s.denominator, s.time) for s in signatures] == [(grid.beats_per_bar, 4, 0)]
+    # Tempo and time signature events: bar 1 is a pickup with its own signature when there is one.
+    signatures = tempo_map.signatures()
+    assert signatures == [(round(p * PPQ), num, den) for p, num, den in grid.time_signatures()]
+    assert signatures[-1][1:] == (grid.beats_per_bar, 4)
     assert tempo_map.changes[0][0] == 0
+    for _, us in tempo_map.changes:
+        assert 0.5 <= (60e6 / us) / grid.tempo_bpm <= 2.0
 
-    # Every tracked beat sits on a whole beat of ticks, every tracked downbeat on a bar line.
+    # Every tracked beat sits on a whole beat from the bar lines, every tracked downbeat on a bar line.
+    # A first beat just after time 0 is merged into tick 0 (the pickup rule), landing a few ticks late.
     lead = grid.first_beat_position
+    merged = grid.beat_position(grid.beats[0]) != grid.first_beat_position
     for i, t in enumerate(grid.beats):
         tick = tempo_map.tick(t)
+        if i == 0 and merged:
+            assert 0 < tick < 0.15 * PPQ
+            continue
         assert tick == pytest.approx((lead + i) * PPQ, abs=1e-3)
         assert tempo_map.seconds((lead + i) * PPQ) == pytest.approx(t, abs=1e-6)
+        if round(tick) >= signatures[-1][0]:
+            assert tempo_map.bar_and_beat(round(tick))[1] % 1 == 0
     for t in grid.downbeats():
-        assert round(tempo_map.tick(t)) % (grid.beats_per_bar * PPQ) == 0
+        if not (merged and t == grid.beats[0]):
+            assert tempo_map.bar_and_beat(round(tempo_map.tick(t)))[1] == 1.0
 
     # Notes keep their times: through pretty_midi and through the raw ticks.
     back = pretty_midi.PrettyMIDI(io.BytesIO(data))
@@ -224,29 +296,27 @@ def test_written_file_keeps_note_times_and_puts_beats_and_bars_on_the_grid(grid:
     for (tick, pitch), note in zip(sorted(ons, key=lambda x: x[0]), sorted(notes, key=lambda n: n.start)):
         assert tempo_map.seconds(tick) == pytest.approx(note.start, abs=1e-3)
 
-    # What a DAW shows (bar and beat from the tick) is what bar_and_beat says.
+    # What a DAW shows (bar and beat from the tick and the time signatures) is what bar_and_beat says.
     by_tick = sorted(ons)
     for (tick, _), note in zip(by_tick, sorted(notes, key=lambda n: n.start)):
-        bar_ticks = grid.beats_per_bar * PPQ
-        daw = (tick // bar_ticks + 1, (tick % bar_ticks) / PPQ + 1.0)
-        assert grid.bar_and_beat(note.start, ticks_per_beat=PPQ) == daw
+        assert grid.bar_and_beat(note.start, ticks_per_beat=PPQ) == tempo_map.bar_and_beat(tick)
 
     # pretty_midi's own beat and downbeat finders agree with the grid after the round trip.
     file_beats = back.get_beats()
-    for t in grid.beats:
+    for t in grid.beats[1 if merged else 0 :]:
         assert np.min(np.abs(file_beats - t)) < 1e-5
     file_downbeats = back.get_downbeats()
     for t in grid.downbeats():
-        assert np.min(np.abs(file_downbeats - t)) < 1e-5
-    assert back.time_signature_changes[0].numerator == grid.beats_per_bar
+        if not (merged and t == grid.beats[0]):
+            assert np.min(np.abs(file_downbeats - t)) < 1e-5
+    assert back.time_signature_changes[-1].numerator == grid.beats_per_bar
 
 
 def test_steady_grid_writes_a_single_tempo_after_the_pickup() -> None:
     assert tempo_events(BeatGrid.steady(120.0, 60.0)) == [(0, 500000)]
-    events = tempo_events(BeatGrid.steady(117.0, 60.0, 3, 0.23))
-    # The pickup (3 beats in 0.23 s, not a whole number of microseconds each) then 117 BPM throughout.
-    assert [us for _, us in events[:-1]] == [76667, 76666, 76667]
-    assert events[-1] == (3 * PPQ, 512821)
+    # The 0.23 s before the first downbeat is 0.45 beat: an eighth at 130.4 BPM, then 117 BPM throughout.
+    # (It used to be a squeezed 3-beat bar at 782 BPM.)
+    assert tempo_events(BeatGrid.steady(117.0, 60.0, 3, 0.23)) == [(0, 460000), (PPQ // 2, 512821)]
 
 
 def test_no_grid_is_120_bpm_in_four_four() -> None:
@@ -271,6 +341,110 @@ def test_tick_scale_survives_pretty_midis_truncation() -> None:
     for us in (1, 3, 76667, 500000, 512821, 0xFFFFFF):
         scale = seconds_per_tick(us, PPQ)
         assert int(6e7 / (60.0 / (scale * PPQ))) == us
+
+
+# --- what a DAW gets: tempi near the piece's, a musical bar 1, notes at their times ---------------------------
+
+
+def _jittery_line(first: float, period: float, count: int, seed: int = 5) -> tuple[float, ...]:
+    """Beats wandering by up to 15% around a line, like a per-beat tracked map."""
+    rng = np.random.default_rng(seed)
+    return tuple(first + period * (np.arange(count) + np.cumsum(rng.uniform(-0.15, 0.15, count)) * 0.3))
+
+
+# First beat 3 ms, 0.2 s, 0.49 s after time 0, exactly at 0, and after 12 s of silence; downbeat on the
+# first beat or later; 4/4 at 120 BPM, 3/4 at 97 BPM, and a wandering per-beat map.
+_DAW_GRIDS = {
+    f"{name}-{first_downbeat}": grid
+    for first in (0.003, 0.2, 0.49, 0.0, 12.34)
+    for first_downbeat in (0, 1, 2)
+    for name, grid in (
+        (f"4/4@120-first{first}", BeatGrid.from_line(first, 0.5, 48, 4, first_downbeat)),
+        (f"3/4@97-first{first}", BeatGrid.from_line(first, 60 / 97, 40, 3, first_downbeat)),
+        (f"varying-first{first}", BeatGrid(_jittery_line(first, 0.55, 40), 4, first_downbeat)),
+    )
+}
+
+
+@pytest.mark.parametrize("grid", list(_DAW_GRIDS.values()), ids=list(_DAW_GRIDS))
+def test_the_file_a_daw_gets_has_sane_tempi_a_musical_bar_one_and_notes_at_their_times(grid: BeatGrid) -> None:
+    # Notes on every tracked beat, between beats, and one at time 0: played audio times.
+    starts = [0.0] + [float(t) for t in grid.beats] + [float(t) + 0.137 for t in grid.beats[::3]]
+    notes = [Note(round(t, 4), round(t, 4) + 0.1, 40 + k % 40, 90) for k, t in enumerate(sorted(starts))]
+    data = midi_bytes(build_midi({"bass": notes}, grid))
+    tempo_map = _FileTempoMap(data)
+    back = pretty_midi.PrettyMIDI(io.BytesIO(data))
+    tempo = grid.tempo_bpm
+
+    # Every set_tempo, as mido and as pretty_midi read it, within x0.5..x2 of the piece's tempo.
+    assert tempo_map.changes[0][0] == 0
+    for _, us in tempo_map.changes:
+        assert 0.5 * tempo <= 60e6 / us <= 2.0 * tempo, f"{60e6 / us:.1f} BPM in a {tempo:.1f} BPM piece"
+    _, pretty_tempi = back.get_tempo_changes()
+    assert all(0.5 * tempo <= bpm <= 2.0 * tempo for bpm in pretty_tempi)
+
+    # Bar 1 is a whole bar of the piece's meter, or a shorter pickup with a signature that says its length,
+    # followed by the piece's meter from exactly where it ends.
+    signatures = tempo_map.signatures()
+    (start, numerator, denominator), *rest = signatures
+    assert start == 0 and denominator in (4, 8, 16) and numerator >= 1
+    bar_one = numerator * PPQ * 4 // denominator
+    if rest:
+        assert rest == [(bar_one, grid.beats_per_bar, 4)]
+        assert bar_one < grid.beats_per_bar * PPQ
+    else:
+        assert (numerator, denominator) == (grid.beats_per_bar, 4)
+    assert [(ts.numerator, ts.denominator) for ts in back.time_signature_changes] == [s[1:] for s in signatures]
+    bar_line = signatures[-1][0]  # where the piece's meter starts
+
+    # Notes keep their audio times within 1 ms (MIDI time 0 is audio time 0), through both readers.
+    read = sorted(back.instruments[0].notes, key=lambda n: (n.start, n.pitch))
+    assert len(read) == len(notes)
+    for note, got in zip(sorted(notes, key=lambda n: (n.start, n.pitch)), read):
+        assert abs(got.start - note.start) <= 1e-3 and abs(got.end - note.end) <= 1e-3
+    ons = sorted(tempo_map.note_ons())
+    assert ons[0][0] == 0
+    for (tick, _), note in zip(ons, sorted(notes, key=lambda n: (n.start, n.pitch))):
+        assert abs(tempo_map.seconds(tick) - note.start) <= 1e-3
+
+    # Tracked beats land on whole beats of the bars, downbeats on bar lines; a first beat under 0.15 beat
+    # after time 0 counts as the beat at tick 0.
+    merged = grid.beat_position(grid.beats[0]) != grid.first_beat_position
+    assert merged == (0 < grid.beats[0] < 0.15 * 60 / tempo)
+    for i, t in enumerate(grid.beats):
+        tick = tempo_map.tick(t)
+        if i == 0 and merged:
+            assert tick < 0.15 * PPQ
+            continue
+        assert tick == pytest.approx(round(tick), abs=0.01)
+        bar, beat = tempo_map.bar_and_beat(round(tick))
+        if round(tick) >= bar_line:
+            assert beat % 1 == 0
+        if i % grid.beats_per_bar == grid.first_downbeat:
+            assert beat == 1.0 and round(tick) >= bar_line
+        assert grid.bar_and_beat(t, ticks_per_beat=PPQ) == (bar, beat)
+
+
+def test_quantized_midi_follows_the_same_map() -> None:
+    # 3/4 at 100 BPM, first beat (a downbeat) at 0.3 s: a 1/8 pickup, then the beats at tick 240 + k * 480.
+    # A 1/16 grid counted from the beats puts the snapped notes there (it would anyway), and a triplet
+    # grid too (which one from tick 0 would not).
+    grid = BeatGrid.from_line(0.3, 0.6, 30, 3, 0)
+    rng = np.random.default_rng(2)
+    starts = np.concatenate([[0.01, 0.05], rng.uniform(0.0, grid.beats[-1], 80), grid.beats[:10]])
+    notes = [Note(float(s), float(s) + 0.2, 40 + k % 40, 90) for k, s in enumerate(starts)]
+    plain = _FileTempoMap(midi_bytes(build_midi({"other": notes}, grid)))
+    assert plain.signatures() == [(0, 1, 8), (240, 3, 4)]
+    for name in ("1/16", "1/8t"):
+        divisions = QuantizeGrid(name).divisions_per_beat
+        snapped = quantize(notes, grid, divisions)
+        quantized = _FileTempoMap(midi_bytes(build_midi({"other": snapped}, grid)))
+        assert quantized.changes == plain.changes and quantized.signatures() == plain.signatures()
+        ticks = [tick for tick, _ in quantized.note_ons()]
+        assert min(ticks) >= 0
+        assert all((tick - 240) % (PPQ // divisions) == 0 for tick in ticks)
+        for t in grid.beats[:10]:  # notes played on a beat stay on it
+            assert round(plain.tick(t)) in ticks
 
 
 # --- quantization ----------------------------------------------------------------------------------------
@@ -326,11 +500,14 @@ def test_quantized_notes_land_on_whole_grid_ticks_in_the_file(name: str) -> None
     for note in out:
         instrument.notes.append(pretty_midi.Note(note.velocity, note.pitch, note.start, note.end))
     tempo_map = _FileTempoMap(_write(midi))
+    # The steps count from the beats, which a 3-sixteenth pickup fragment puts 360 ticks after tick 0.
+    origin = grid.first_beat_position
+    assert origin == 0.75
     step = PPQ // divisions
     for tick, _ in tempo_map.note_ons():
-        assert tick % step == 0
+        assert (tick - round(origin * PPQ)) % step == 0
     for note in out:
-        assert note.end - note.start > 0
-        position = grid.beat_position(note.start) * divisions
+        assert note.end - note.start > 0 and note.start >= 0
+        position = (grid.beat_position(note.start) - origin) * divisions
         assert position == pytest.approx(round(position), abs=1e-4)
     assert math.isclose(len(out), len({(n.pitch, n.start) for n in out}))
