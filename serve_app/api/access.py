@@ -47,14 +47,20 @@ def read_events_token(secret: str, token: str, job_id: str) -> str | None:
     """The owner the token speaks for; Unauthorized if it is forged, expired or for another job."""
     try:
         payload, signature = token.split(".")
-        if not hmac.compare_digest(signature, _sign(secret, payload.encode())):
+        # Bytes, not str: compare_digest raises TypeError on non-ASCII text, which a client controls.
+        expected = _sign(secret, payload.encode()).encode()
+        if not hmac.compare_digest(signature.encode(), expected):
             raise ValueError("signature")
         claims = json.loads(base64.urlsafe_b64decode(payload.encode()))
-    except ValueError as exc:
+        if not isinstance(claims, dict) or not isinstance(claims.get("e"), int | float):
+            raise ValueError("claims")
+        owner = claims.get("o")
+        if not isinstance(owner, str | None):
+            raise ValueError("owner")
+    except ValueError as exc:  # binascii.Error, JSONDecodeError and UnicodeError are ValueErrors too
         raise Unauthorized("The events token is not valid.") from exc
-    if claims["j"] != job_id or claims["e"] < time.time():
+    if claims.get("j") != job_id or claims["e"] < time.time():
         raise Unauthorized("The events token has expired or is for another job.")
-    owner: str | None = claims["o"]
     return owner
 
 
