@@ -40,6 +40,7 @@ import soundfile
 
 from benchmarks.evalset import FIRST_DOWNBEAT, TAIL, PieceSpec, _midi, _parts, bars_of, compose
 from music.drum_kit import HIHAT_CLASSES, HIHAT_CLOSED, HIHAT_OPEN, KICK, SNARE, drum_onsets
+from music.engines.drum_net import DrumNetConfig, NetDrumTranscriber
 from music.engines.drums import DrumConfig, DrumTranscriber
 from music.engines.hpss import PERCUSSIVE_STEM, HpssConfig, hpss_stems
 from tests.music import render
@@ -122,7 +123,7 @@ def render_mix(design: Design, split: str, index: int, font: str, cache: Path) -
     return wav, drums
 
 
-def service_drums(mix: Path, hpss: HpssConfig, transcriber: DrumTranscriber) -> list:
+def service_drums(mix: Path, hpss: HpssConfig, transcriber: DrumTranscriber | NetDrumTranscriber) -> list:
     """What the service does with an uploaded mix under separation=hpss, up to the drum notes."""
     from serve_app.domain.audio import decode, write_wav
 
@@ -159,9 +160,15 @@ def _overrides(pairs: list[str]) -> dict[str, object]:
 
 
 def evaluate(
-    split: str, fonts: list[str], drums: DrumConfig, hpss: HpssConfig, cache: Path, per_piece: bool = False
+    split: str,
+    fonts: list[str],
+    drums: DrumConfig,
+    hpss: HpssConfig,
+    cache: Path,
+    per_piece: bool = False,
+    transcriber: DrumTranscriber | NetDrumTranscriber | None = None,
 ) -> dict[str, dict[str, float]]:
-    transcriber = DrumTranscriber(drums)
+    transcriber = transcriber or DrumTranscriber(drums)
     table: dict[str, dict[str, float]] = {}
     for font in fonts:
         totals = {name: np.zeros(3, dtype=int) for name in SCORED}
@@ -184,12 +191,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hpss", nargs="*", default=[], metavar="KEY=VALUE", help="HpssConfig overrides")
     parser.add_argument("--cache", type=Path, default=Path(__file__).parent / ".evalset" / "drums_in_mixes")
     parser.add_argument("--per-piece", action="store_true")
+    parser.add_argument("--engine", choices=("nmfd", "net"), default="nmfd", help="NMFD templates or the network")
+    parser.add_argument("--net", nargs="*", default=[], metavar="KEY=VALUE", help="DrumNetConfig overrides")
     args = parser.parse_args(argv)
     fonts = args.fonts or list(SPLIT_FONTS[args.split])
     drums = DrumConfig(**_overrides(args.drums))
     hpss = HpssConfig(**_overrides(args.hpss))
-    table = evaluate(args.split, fonts, drums, hpss, args.cache, args.per_piece)
-    print(f"split {args.split} ({len(DESIGNS)} band mixes of {SECONDS:g} s each), onset F1, 50 ms")
+    net = NetDrumTranscriber(DrumNetConfig(**_overrides(args.net))) if args.engine == "net" else None
+    table = evaluate(args.split, fonts, drums, hpss, args.cache, args.per_piece, net)
+    print(f"split {args.split} ({len(DESIGNS)} band mixes of {SECONDS:g} s each), {args.engine}, onset F1, 50 ms")
     print(f"{'soundfont':12s}" + "".join(f"{name:>10s}" for name in SCORED))
     for font, row in table.items():
         print(f"{font:12s}" + "".join(f"{row[name]:10.3f}" for name in SCORED))

@@ -19,6 +19,7 @@ import soundfile
 
 from deployments import metrics
 from deployments.progress import CancelCheck
+from music.engines.drum_net import DrumEngine, NetDrumTranscriber, make_drum_transcriber
 from music.engines.drums import DrumTranscriber
 from music.engines.threads import use_threads
 from music.engines.transcriber import BasicPitchTranscriber, TranscriptionConfig
@@ -54,15 +55,19 @@ class Transcription:
         self.engine: BasicPitchTranscriber | None = None
         self.error: str | None = None
         self.model_path: Path | None = None  # the configured one; None: the model in basic-pitch's wheel
-        self.drums = DrumTranscriber()
+        self.drum_engine: DrumEngine = "net"
+        self.drums: NetDrumTranscriber | DrumTranscriber = make_drum_transcriber(self.drum_engine)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         config = TranscriptionConfig.model_validate(user_config)
         self.model_path = config.model_path
         use_threads(config.threads)
+        if config.drum_engine != self.drum_engine:
+            self.drum_engine, self.drums = config.drum_engine, make_drum_transcriber(config.drum_engine)
         if config.model_path is None or config.model_path.suffix == ".onnx":
             _without_tensorflow()
-        if self.engine is not None and self.engine.config == config:
+        # The drum engine is not basic-pitch's business: changing it alone reloads nothing.
+        if self.engine is not None and self.engine.config.model_copy(update={"drum_engine": config.drum_engine}) == config:
             return
         try:
             self.engine = metrics.timed_load("basic_pitch", self.engine_cls, config)

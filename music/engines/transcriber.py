@@ -55,6 +55,10 @@ class TranscriptionConfig(BaseModel):
     threads: int | None = Field(
         default=None, ge=1, description="CPU threads for the model; None = every CPU the replica may run on"
     )
+    drum_engine: Literal["net", "nmfd"] = Field(
+        default="net",
+        description="drums stem to notes: net = the learned transcriber (music/engines/drum_net.py), nmfd = templates",
+    )
     batch_windows: int = Field(
         default=64,
         ge=1,

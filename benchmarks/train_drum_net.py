@@ -1,0 +1,236 @@
+"""Train the learned drum transcriber (music/engines/drum_net.py) and write its weights.
+
+    OMP_NUM_THREADS=2 python -m benchmarks.train_drum_net [--pieces 120] [--epochs 25] [--out PATH]
+
+Training material, never the soundfonts the evaluation reports on:
+- soundfonts TimGM6mb (Debian timgm6mb-soundfont) and MuseScore General (Debian
+  musescore-general-soundfont, which musescore3 pulls in); FluidR3 and csound's GM bank
+  (sf_GMbank), on which benchmarks.drums_in_mixes reports, are held out whole: no weight and no
+  threshold is chosen on them;
+- band pieces from benchmarks.evalset's composer and benchmarks.drum_patterns' grooves, drawn at
+  random (style, tempo 70-170 BPM, key, lead/bass/keys programs, GM drum kit) from seeds 10000 and
+  up, so no piece repeats one of drums_in_mixes' "tune" (100..) or "test" (200..) seeds; a quarter
+  are drums alone, like a clean Demucs drums stem, the rest go through HPSS as the service does
+  under separation=hpss; half get room reverb or a mastering chain (benchmarks.corpus's sox
+  effects);
+- targets: a class's onset frame is 1, its neighbours 0.5 (the onset can fall either side of a
+  frame boundary).
+
+The last eighth of the pieces (by seed) is held back to choose each class's threshold (the F1
+maximum on those pieces, 50 ms window) and to stop training at the best epoch. Renders and features
+are cached under --cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import mir_eval
+import numpy as np
+import torch
+from torch import nn
+
+from benchmarks.corpus import apply_effect
+from benchmarks.drum_patterns import STYLES
+from benchmarks.evalset import FIRST_DOWNBEAT, TAIL, PieceSpec, _midi, _parts, bars_of, compose
+from music.drum_kit import drum_class
+from music.engines.drum_net import NET_CLASSES, WEIGHTS_PATH, DrumNet, activations, features, pick_peaks
+from music.engines.drums import DrumConfig, band_spectrogram
+from music.engines.hpss import PERCUSSIVE_STEM, HpssConfig, hpss_stems
+from tests.music import render
+
+logger = logging.getLogger("train_drum_net")
+
+TRAIN_FONTS = {
+    "TimGM6mb": Path("/usr/share/sounds/sf2/TimGM6mb.sf2"),
+    "MuseScore_General": Path("/usr/share/sounds/sf3/MuseScore_General.sf3"),
+}
+FIRST_SEED = 10_000
+LEADS = (56, 73, 53, 40, 71, 65, 81, 66)
+BASSES = (33, 34, 38, 32, 35, 39)
+HARMONIES = (0, 4, 16, 24, 27, 29, 48, 5, 26)
+KITS = (0, 8, 16, 24, 25, 32, 40)
+KEYS = ("C major", "G major", "D major", "A minor", "E minor", "F major", "B minor", "C minor", "E major")
+BASS_STYLES = ("eighths", "octaves", "funk", "half", "root_fifth", "root", "walking")
+HARMONY_STYLES = ("comp", "block", "pad", "arpeggio")
+CROP = 256
+WINDOW_S = 0.05
+
+
+def piece(seed: int) -> tuple[PieceSpec, int, bool, str]:
+    """A random band piece (or drums alone), its GM kit, whether it is drums alone, and its sox effect."""
+    rng = np.random.default_rng(seed)
+    style = str(rng.choice(STYLES))
+    alone = bool(rng.random() < 0.25)
+    beats = 3 if style == "waltz" else 4
+    lead = None if rng.random() < 0.3 else int(rng.choice(LEADS))
+    parts = (
+        _parts(drums=style)
+        if alone
+        else _parts(
+            lead, int(rng.choice(BASSES)), int(rng.choice(HARMONIES)), style,
+            bass_style=str(rng.choice(BASS_STYLES)), harmony_style=str(rng.choice(HARMONY_STYLES)),
+        )  # fmt: skip
+    )
+    spec = PieceSpec(
+        f"train_{seed}", "train", False, 16.0, float(rng.uniform(70, 170)), beats,
+        None if alone else str(rng.choice(KEYS)), parts, seed,
+    )  # fmt: skip
+    effect = str(rng.choice(("dry", "dry", "room", "master")))
+    return spec, int(rng.choice(KITS)), alone, effect
+
+
+def example(seed: int, font: str, cache: Path, front_end: DrumConfig, hpss: HpssConfig) -> tuple[np.ndarray, list]:
+    """(features (bands, frames), drum notes) of one piece rendered with one soundfont, cached."""
+    import pretty_midi
+
+    from serve_app.domain.audio import decode
+
+    spec, kit, alone, effect = piece(seed)
+    folder = cache / font / spec.name
+    wav, feats_path = folder / "mix.wav", folder / "features.npy"
+    if not feats_path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        instruments = compose(spec)
+        instruments["drums"].program = kit
+        end = FIRST_DOWNBEAT + bars_of(spec) * spec.beats_per_bar * 60.0 / spec.tempo + TAIL
+        render(_midi(spec, instruments.values(), end), wav, sound_font=TRAIN_FONTS[font])
+        if effect != "dry":
+            apply_effect(wav, wav, effect)
+        audio = decode(wav, 3600.0)
+        samples = audio.samples if alone else hpss_stems(audio, hpss)[PERCUSSIVE_STEM]
+        np.save(feats_path, features(band_spectrogram(samples, audio.sample_rate, front_end)))
+        wav.unlink()  # the MIDI file next to it is the ground truth
+    midi = pretty_midi.PrettyMIDI(str(wav.with_suffix(".mid")))
+    drums = [n for inst in midi.instruments if inst.is_drum for n in inst.notes]
+    return np.load(feats_path), drums
+
+
+def targets(notes: list, frames: int, frame_rate: float) -> np.ndarray:
+    y = np.zeros((len(NET_CLASSES), frames), dtype=np.float32)
+    for note in notes:
+        cls = drum_class(note.pitch)
+        if cls not in NET_CLASSES:
+            continue
+        row, at = NET_CLASSES.index(cls), note.start * frame_rate
+        centre = int(round(at))
+        for f, value in ((centre, 1.0), (centre - 1, 0.5), (centre + 1, 0.5)):
+            if 0 <= f < frames:
+                y[row, f] = max(y[row, f], value)
+    return y
+
+
+def _batches(data: list[tuple[np.ndarray, np.ndarray]], batch: int, rng: np.random.Generator):
+    order = rng.permutation(len(data) * 4)  # four random crops of each piece per epoch
+    for start in range(0, order.size, batch):
+        xs, ys = [], []
+        for k in order[start : start + batch]:
+            x, y = data[k % len(data)]
+            offset = int(rng.integers(0, max(1, x.shape[1] - CROP)))
+            xc, yc = x[:, offset : offset + CROP], y[:, offset : offset + CROP]
+            pad = CROP - xc.shape[1]
+            xs.append(np.pad(xc, ((0, 0), (0, pad))))
+            ys.append(np.pad(yc, ((0, 0), (0, pad))))
+        # Level augmentation on the log features: a recording a few dB louder or quieter.
+        gain = rng.uniform(-0.5, 0.5, size=(len(xs), 1, 1, 1)).astype(np.float32)
+        yield torch.from_numpy(np.maximum(np.stack(xs)[:, None] + gain, 0.0)), torch.from_numpy(np.stack(ys))
+
+
+def f1_at(curves: list[np.ndarray], truth: list[list[np.ndarray]], row: int, threshold: float,
+          distance: int, frame_rate: float) -> float:  # fmt: skip
+    matched = n_ref = n_est = 0
+    for curve, onsets in zip(curves, truth):
+        est = pick_peaks(curve[row], threshold, distance) / frame_rate
+        ref = onsets[row]
+        n_ref, n_est = n_ref + ref.size, n_est + est.size
+        if ref.size and est.size:
+            matched += len(mir_eval.util.match_events(ref, est, WINDOW_S))
+    return 2 * matched / (n_ref + n_est) if n_ref + n_est else 0.0
+
+
+def validate(net: DrumNet, val: list, frame_rate: float, distance: int) -> dict[str, tuple[float, float]]:
+    """class -> (best threshold, F1 there) on the validation pieces."""
+    net.eval()
+    curves = [activations(net, x) for x, _ in val]
+    truth = [[np.flatnonzero(y[r] == 1.0) / frame_rate for r in range(len(NET_CLASSES))] for _, y in val]
+    out = {}
+    for row, cls in enumerate(NET_CLASSES):
+        scores = {t: f1_at(curves, truth, row, t, distance, frame_rate) for t in np.arange(0.15, 0.9, 0.05)}
+        best = max(scores, key=lambda t: scores[t])
+        out[cls] = (round(float(best), 2), scores[best])
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pieces", type=int, default=120, help="pieces per soundfont")
+    parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--out", type=Path, default=WEIGHTS_PATH)
+    parser.add_argument("--cache", type=Path, default=Path(__file__).parent / ".evalset" / "drum_net")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    front_end, hpss = DrumConfig(), HpssConfig()
+    frame_rate = front_end.analysis_rate / front_end.hop_length
+
+    n_val = max(2, args.pieces // 8)
+    train, val = [], []
+    started = time.monotonic()
+    for font in TRAIN_FONTS:
+        for i in range(args.pieces):
+            x, notes = example(FIRST_SEED + i, font, args.cache, front_end, hpss)
+            (val if i >= args.pieces - n_val else train).append((x, targets(notes, x.shape[1], frame_rate)))
+    logger.info("%d training and %d validation examples ready in %.0f s", len(train), len(val),
+                time.monotonic() - started)  # fmt: skip
+
+    net = DrumNet(n_bands=front_end.n_bands, width=args.width)
+    logger.info("%d parameters", sum(p.numel() for p in net.parameters()))
+    optimiser = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=args.epochs)
+    # Onsets are rare frames: weigh them up so the network does not learn "never".
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.full((len(NET_CLASSES), 1), 8.0))
+    distance = int(round(0.04 * frame_rate))
+    best_score, best_state, best_thresholds = -1.0, None, None
+    for epoch in range(args.epochs):
+        net.train()
+        total, count = 0.0, 0
+        for xb, yb in _batches(train, args.batch, rng):
+            optimiser.zero_grad()
+            loss = loss_fn(net(xb), yb)
+            loss.backward()
+            optimiser.step()
+            total, count = total + float(loss.detach()) * len(xb), count + len(xb)
+        schedule.step()
+        result = validate(net, val, frame_rate, distance)
+        score = float(np.mean([f for _, f in result.values()]))
+        logger.info("epoch %d loss %.4f validation %s (mean %.3f) %.0f s", epoch, total / count,
+                    {c: round(f, 3) for c, (_, f) in result.items()}, score, time.monotonic() - started)  # fmt: skip
+        if score > best_score:
+            best_score = score
+            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            best_thresholds = {c: t for c, (t, _) in result.items()}
+    assert best_state is not None and best_thresholds is not None
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    keys = ("analysis_rate", "n_fft", "hop_length", "n_bands", "fmin")
+    torch.save(
+        {
+            "shape": {"n_bands": front_end.n_bands, "n_classes": len(NET_CLASSES), "width": args.width},
+            "state": {k: v.half() if v.is_floating_point() else v for k, v in best_state.items()},
+            "thresholds": best_thresholds,
+            "front_end": {k: getattr(front_end, k) for k in keys},
+            "trained_on": {"fonts": list(TRAIN_FONTS), "pieces_per_font": args.pieces, "first_seed": FIRST_SEED},
+        },
+        args.out,
+    )
+    logger.info("wrote %s (validation mean F1 %.3f, thresholds %s)", args.out, best_score, json.dumps(best_thresholds))
+
+
+if __name__ == "__main__":
+    main()
