@@ -49,9 +49,14 @@ SOUND_FONTS = {
     "TimGM6mb": Path("/usr/share/sounds/sf2/TimGM6mb.sf2"),  # Debian timgm6mb-soundfont
     "FluidR3_GM": Path("/usr/share/sounds/sf2/FluidR3_GM.sf2"),  # Debian fluid-soundfont-gm
     "sf_GMbank": Path("/usr/share/sounds/sf2/sf_GMbank.sf2"),  # Debian csound-soundfont
+    # Debian musescore-general-soundfont (musescore3 pulls it in): training material for the drum network only.
+    "MuseScore_General": Path("/usr/share/sounds/sf3/MuseScore_General.sf3"),
 }
 SPLIT_FONTS = {"tune": ("TimGM6mb",), "test": ("FluidR3_GM", "sf_GMbank")}
 SPLIT_SEED = {"tune": 100, "test": 200}
+# --random pieces: benchmarks.train_drum_net's generator from these seeds on (it trains from 10000 on,
+# a few hundred pieces), on held-out soundfonts only.
+RANDOM_SEED = 20_000
 WINDOW_S = 0.05
 SCORED = {
     "kick": (KICK,),
@@ -123,6 +128,28 @@ def render_mix(design: Design, split: str, index: int, font: str, cache: Path) -
     return wav, drums
 
 
+def render_random(seed: int, font: str, cache: Path) -> tuple[Path, list]:
+    """A random piece of benchmarks.train_drum_net (style, tempo, kit, instruments, sox effect drawn
+    from `seed`) rendered with `font`: the mix and its drum notes."""
+    import pretty_midi
+
+    from benchmarks.corpus import apply_effect
+    from benchmarks.train_drum_net import piece
+
+    spec, kit, _, effect = piece(seed)
+    wav = cache / font / spec.name / "mix.wav"
+    if not (wav.is_file() and wav.with_suffix(".mid").is_file()):
+        wav.parent.mkdir(parents=True, exist_ok=True)
+        instruments = compose(spec)
+        instruments["drums"].program = kit
+        end = FIRST_DOWNBEAT + bars_of(spec) * spec.beats_per_bar * 60.0 / spec.tempo + TAIL
+        render(_midi(spec, instruments.values(), end), wav, sound_font=SOUND_FONTS[font])
+        if effect != "dry":
+            apply_effect(wav, wav, effect)
+    midi = pretty_midi.PrettyMIDI(str(wav.with_suffix(".mid")))
+    return wav, [n for inst in midi.instruments if inst.is_drum for n in inst.notes]
+
+
 def service_drums(mix: Path, hpss: HpssConfig, transcriber: DrumTranscriber | NetDrumTranscriber) -> list:
     """What the service does with an uploaded mix under separation=hpss, up to the drum notes."""
     from serve_app.domain.audio import decode, write_wav
@@ -167,19 +194,26 @@ def evaluate(
     cache: Path,
     per_piece: bool = False,
     transcriber: DrumTranscriber | NetDrumTranscriber | None = None,
+    random_pieces: int = 0,
 ) -> dict[str, dict[str, float]]:
     transcriber = transcriber or DrumTranscriber(drums)
     table: dict[str, dict[str, float]] = {}
     for font in fonts:
         totals = {name: np.zeros(3, dtype=int) for name in SCORED}
-        for index, design in enumerate(DESIGNS):
-            wav, reference = render_mix(design, split, index, font, cache)
+        if random_pieces:
+            pieces = [(f"random_{RANDOM_SEED + i}", lambda i=i: render_random(RANDOM_SEED + i, font, cache))
+                      for i in range(random_pieces)]  # fmt: skip
+        else:
+            pieces = [(d.name, lambda i=i, d=d: render_mix(d, split, i, font, cache)) for i, d in enumerate(DESIGNS)]
+        for name, make in pieces:
+            wav, reference = make()
             found = counts(reference, service_drums(wav, hpss, transcriber))
-            for name, c in found.items():
-                totals[name] += c
+            for cls, c in found.items():
+                totals[cls] += c
             if per_piece:
-                print(f"  {font:11s} {design.name:12s} " + " ".join(f"{n} {f1(c):.2f}" for n, c in found.items()))
-        table[font] = {name: f1(tuple(t)) for name, t in totals.items()}
+                print(f"  {font:11s} {name:12s} " + " ".join(f"{n} {f1(c):.2f}" for n, c in found.items()))
+        table[font] = {cls: f1(tuple(t)) for cls, t in totals.items()}
+        table[font].update({f"n_{cls}": int(t[1]) for cls, t in totals.items()})
     return table
 
 
@@ -193,16 +227,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--per-piece", action="store_true")
     parser.add_argument("--engine", choices=("nmfd", "net"), default="nmfd", help="NMFD templates or the network")
     parser.add_argument("--net", nargs="*", default=[], metavar="KEY=VALUE", help="DrumNetConfig overrides")
+    parser.add_argument("--random", type=int, default=0, metavar="N",
+                        help="instead of the split's 7 designs, N random pieces (tempo, kit, effect) from seed 20000")  # fmt: skip
     args = parser.parse_args(argv)
     fonts = args.fonts or list(SPLIT_FONTS[args.split])
     drums = DrumConfig(**_overrides(args.drums))
     hpss = HpssConfig(**_overrides(args.hpss))
     net = NetDrumTranscriber(DrumNetConfig(**_overrides(args.net))) if args.engine == "net" else None
-    table = evaluate(args.split, fonts, drums, hpss, args.cache, args.per_piece, net)
-    print(f"split {args.split} ({len(DESIGNS)} band mixes of {SECONDS:g} s each), {args.engine}, onset F1, 50 ms")
-    print(f"{'soundfont':12s}" + "".join(f"{name:>10s}" for name in SCORED))
+    table = evaluate(args.split, fonts, drums, hpss, args.cache, args.per_piece, net, args.random)
+    what = f"{args.random} random pieces" if args.random else f"split {args.split} ({len(DESIGNS)} band mixes of {SECONDS:g} s each)"
+    print(f"{what}, {args.engine}, onset F1, 50 ms (reference hits in brackets)")
+    print(f"{'soundfont':12s}" + "".join(f"{name:>16s}" for name in SCORED))
     for font, row in table.items():
-        print(f"{font:12s}" + "".join(f"{row[name]:10.3f}" for name in SCORED))
+        print(f"{font:12s}" + "".join(f"{row[name]:10.3f} ({row['n_' + name]:3d})" for name in SCORED))
     sys.stdout.flush()
 
 

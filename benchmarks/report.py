@@ -245,6 +245,10 @@ def quality_bars(report: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         add("tempo within 4 % (or x2, x3) on >= 90 % of pieces", name, data["all"]["tempo_acc"], 0.9, percent=True)
         add("key right on >= 80 % of pieces", name, data["all"]["key_acc"], 0.8, percent=True)
+    hpss = systems.get(f"{SERVICE}/hpss", {}).get("all")
+    if hpss is not None:
+        for key, label in (("drum_kick", "kick"), ("drum_snare", "snare"), ("drum_hihat", "hi-hat")):
+            add(f"drum onset F1 >= 0.85 in band mixes through hpss: {label}", f"{SERVICE}/hpss", hpss[key], 0.85)
     if ORACLE in systems:
         for key, label in (("drum_kick", "kick"), ("drum_snare", "snare"), ("drum_hihat", "hi-hat")):
             add(f"drum onset F1 >= 0.85 on rendered drum stems: {label}", ORACLE, systems[ORACLE]["all"][key], 0.85)

@@ -128,9 +128,9 @@ class Oracle:
 
     def _drum_engine(self) -> Any:
         if self._drums is None:
-            from music.engines.drums import DrumTranscriber
+            from music.engines.drum_net import make_drum_transcriber
 
-            self._drums = DrumTranscriber()
+            self._drums = make_drum_transcriber()  # the service's default engine
         return self._drums
 
     def run(self, piece: RenderedPiece) -> Transcript:

@@ -34,21 +34,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.corpus import apply_effect
 from benchmarks.drum_patterns import STYLES
-from benchmarks.evalset import FIRST_DOWNBEAT, TAIL, PieceSpec, _midi, _parts, bars_of, compose
+from benchmarks.evalset import PieceSpec, _parts
 from music.drum_kit import drum_class
 from music.engines.drum_net import NET_CLASSES, WEIGHTS_PATH, DrumNet, activations, features, pick_peaks
 from music.engines.drums import DrumConfig, band_spectrogram
 from music.engines.hpss import PERCUSSIVE_STEM, HpssConfig, hpss_stems
-from tests.music import render
 
 logger = logging.getLogger("train_drum_net")
 
-TRAIN_FONTS = {
-    "TimGM6mb": Path("/usr/share/sounds/sf2/TimGM6mb.sf2"),
-    "MuseScore_General": Path("/usr/share/sounds/sf3/MuseScore_General.sf3"),
-}
+# Names in benchmarks.drums_in_mixes.SOUND_FONTS.
+TRAIN_FONTS = ("TimGM6mb", "MuseScore_General")
 FIRST_SEED = 10_000
 LEADS = (56, 73, 53, 40, 71, 65, 81, 66)
 BASSES = (33, 34, 38, 32, 35, 39)
@@ -88,24 +84,19 @@ def example(seed: int, font: str, cache: Path, front_end: DrumConfig, hpss: Hpss
     """(features (bands, frames), drum notes) of one piece rendered with one soundfont, cached."""
     import pretty_midi
 
+    from benchmarks.drums_in_mixes import render_random
     from serve_app.domain.audio import decode
 
-    spec, kit, alone, effect = piece(seed)
-    folder = cache / font / spec.name
-    wav, feats_path = folder / "mix.wav", folder / "features.npy"
+    _, _, alone, _ = piece(seed)
+    folder = cache / font / f"train_{seed}"
+    feats_path = folder / "features.npy"
     if not feats_path.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        instruments = compose(spec)
-        instruments["drums"].program = kit
-        end = FIRST_DOWNBEAT + bars_of(spec) * spec.beats_per_bar * 60.0 / spec.tempo + TAIL
-        render(_midi(spec, instruments.values(), end), wav, sound_font=TRAIN_FONTS[font])
-        if effect != "dry":
-            apply_effect(wav, wav, effect)
+        wav, _ = render_random(seed, font, cache)
         audio = decode(wav, 3600.0)
         samples = audio.samples if alone else hpss_stems(audio, hpss)[PERCUSSIVE_STEM]
         np.save(feats_path, features(band_spectrogram(samples, audio.sample_rate, front_end)))
         wav.unlink()  # the MIDI file next to it is the ground truth
-    midi = pretty_midi.PrettyMIDI(str(wav.with_suffix(".mid")))
+    midi = pretty_midi.PrettyMIDI(str(folder / "mix.mid"))
     drums = [n for inst in midi.instruments if inst.is_drum for n in inst.notes]
     return np.load(feats_path), drums
 
