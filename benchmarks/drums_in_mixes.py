@@ -49,7 +49,7 @@ SOUND_FONTS = {
     "TimGM6mb": Path("/usr/share/sounds/sf2/TimGM6mb.sf2"),  # Debian timgm6mb-soundfont
     "FluidR3_GM": Path("/usr/share/sounds/sf2/FluidR3_GM.sf2"),  # Debian fluid-soundfont-gm
     "sf_GMbank": Path("/usr/share/sounds/sf2/sf_GMbank.sf2"),  # Debian csound-soundfont
-    # Debian musescore-general-soundfont (musescore3 pulls it in): training material for the drum network only.
+    # Debian musescore-general-soundfont-small (the Lite file): training material for the drum network only.
     "MuseScore_General": Path("/usr/share/sounds/sf3/MuseScore_General.sf3"),
 }
 SPLIT_FONTS = {"tune": ("TimGM6mb",), "test": ("FluidR3_GM", "sf_GMbank")}

@@ -4,7 +4,7 @@
 
 Training material, never the soundfonts the evaluation reports on:
 - soundfonts TimGM6mb (Debian timgm6mb-soundfont) and MuseScore General (Debian
-  musescore-general-soundfont, which musescore3 pulls in); FluidR3 and csound's GM bank
+  musescore-general-soundfont-small, which musescore3 pulls in; `.ci/run` installs it); FluidR3 and csound's GM bank
   (sf_GMbank), on which benchmarks.drums_in_mixes reports, are held out whole: no weight and no
   threshold is chosen on them;
 - band pieces from benchmarks.evalset's composer and benchmarks.drum_patterns' grooves, drawn at
