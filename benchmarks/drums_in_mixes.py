@@ -128,26 +128,66 @@ def render_mix(design: Design, split: str, index: int, font: str, cache: Path) -
     return wav, drums
 
 
-def render_random(seed: int, font: str, cache: Path) -> tuple[Path, list]:
+# Recorded acoustic kits (Debian avldrums.lv2-soundfont), training material for the drum network only.
+# Each is one melodic preset (bank 0, program 0) with the GM drum keys, so its drums are rendered apart, as
+# a melodic part, and mixed in at a random level.
+RECORDED_KITS = {
+    "AVL_BlackPearl": Path("/usr/share/sounds/sf2/Black_Pearl_4_LV2.sf2"),
+    "AVL_RedZeppelin": Path("/usr/share/sounds/sf2/Red_Zeppelin_4_LV2.sf2"),
+}
+
+
+def render_random(seed: int, font: str, cache: Path, drum_font: str | None = None) -> tuple[Path, list]:
     """A random piece of benchmarks.train_drum_net (style, tempo, kit, instruments, sox effect drawn
-    from `seed`) rendered with `font`: the mix and its drum notes."""
+    from `seed`) rendered with `font` (its drums with the recorded kit `drum_font` when given): the mix
+    and its drum notes."""
     import pretty_midi
 
     from benchmarks.corpus import apply_effect
-    from benchmarks.train_drum_net import piece
+    from benchmarks.train_drum_net import piece, thin
 
     spec, kit, _, effect = piece(seed)
-    wav = cache / font / spec.name / "mix.wav"
+    name = spec.name if drum_font is None else f"{spec.name}_{drum_font}"
+    wav = cache / font / name / "mix.wav"
     if not (wav.is_file() and wav.with_suffix(".mid").is_file()):
         wav.parent.mkdir(parents=True, exist_ok=True)
         instruments = compose(spec)
         instruments["drums"].program = kit
+        instruments["drums"].notes = thin(instruments["drums"].notes, seed)
         end = FIRST_DOWNBEAT + bars_of(spec) * spec.beats_per_bar * 60.0 / spec.tempo + TAIL
-        render(_midi(spec, instruments.values(), end), wav, sound_font=SOUND_FONTS[font])
+        if drum_font is None:
+            render(_midi(spec, instruments.values(), end), wav, sound_font=SOUND_FONTS[font])
+        else:
+            _render_with_recorded_kit(spec, instruments, end, wav, SOUND_FONTS[font], RECORDED_KITS[drum_font])
         if effect != "dry":
             apply_effect(wav, wav, effect)
     midi = pretty_midi.PrettyMIDI(str(wav.with_suffix(".mid")))
     return wav, [n for inst in midi.instruments if inst.is_drum for n in inst.notes]
+
+
+def _render_with_recorded_kit(spec: PieceSpec, instruments: dict, end: float, wav: Path, font: Path, kit: Path) -> None:
+    import pretty_midi
+
+    drums = instruments["drums"]
+    as_melodic = pretty_midi.Instrument(program=0, is_drum=False, name="drums")
+    as_melodic.notes = list(drums.notes)
+    parts = [render(_midi(spec, [as_melodic], end), wav.with_name("drums.wav"), sound_font=kit)]
+    pitched = [i for role, i in instruments.items() if role != "drums"]
+    if pitched:
+        parts.append(render(_midi(spec, pitched, end), wav.with_name("pitched.wav"), sound_font=font))
+    audio = [soundfile.read(p, dtype="float32", always_2d=True)[0] for p in parts]
+    length = max(a.shape[0] for a in audio)
+    # The drums' level in the mix: -9 to +3 dB against the pitched parts, drawn from the seed.
+    gain = 10 ** (np.random.default_rng((spec.seed, 7)).uniform(-9.0, 3.0) / 20)
+    mix = np.zeros((length, 2), dtype=np.float32)
+    for k, a in enumerate(audio):
+        mix[: a.shape[0]] += (gain if k == 0 else 1.0) * a
+    mix /= max(1.0, float(np.abs(mix).max()) / 0.9)
+    soundfile.write(wav, mix, 44100, subtype="PCM_16")
+    _midi(spec, instruments.values(), end).write(str(wav.with_suffix(".mid")))  # the truth, drums on channel 10
+    for p in parts:
+        p.unlink()
+        p.with_suffix(".mid").unlink()
 
 
 def service_drums(mix: Path, hpss: HpssConfig, transcriber: DrumTranscriber | NetDrumTranscriber) -> list:

@@ -1,6 +1,6 @@
 """Train the learned drum transcriber (music/engines/drum_net.py) and write its weights.
 
-    OMP_NUM_THREADS=2 python -m benchmarks.train_drum_net [--pieces 120] [--epochs 25] [--out PATH]
+    OMP_NUM_THREADS=2 python -m benchmarks.train_drum_net [--pieces 120] [--recorded 120] [--epochs 25] [--jobs N] [--out PATH]
 
 Training material, never the soundfonts the evaluation reports on:
 - soundfonts TimGM6mb (Debian timgm6mb-soundfont) and MuseScore General (Debian
@@ -13,12 +13,19 @@ Training material, never the soundfonts the evaluation reports on:
   are drums alone, like a clean Demucs drums stem, the rest go through HPSS as the service does
   under separation=hpss; half get room reverb or a mastering chain (benchmarks.corpus's sox
   effects);
+- recorded drums: 120 more pieces (seeds 15000 up) whose drums are played by the AVL Black Pearl and
+  Red Zeppelin kits (Debian avldrums.lv2-soundfont: multi-sampled acoustic kits, not General MIDI
+  synthesis), rendered apart and mixed in at -9 to +3 dB under the pitched parts of the two soundfonts;
+- in three pieces of five, some hits are left out (each class loses up to half of its hits, drawn
+  per piece), so a snare or a kick also comes without the hi-hat that most grooves strike with it:
+  the network is to hear each instrument, not the groove;
 - targets: a class's onset frame is 1, its neighbours 0.5 (the onset can fall either side of a
   frame boundary).
 
-The last eighth of the pieces (by seed) is held back to choose each class's threshold (the F1
-maximum on those pieces, 50 ms window) and to stop training at the best epoch. Renders and features
-are cached under --cache.
+The last eighth of each group of pieces (by seed) is held back to choose each class's threshold (the
+middle of the thresholds within 0.005 of the best F1 on those pieces, 50 ms window) and to stop
+training at the best epoch. Renders and features are cached under --cache; --jobs pieces are
+rendered at once.
 """
 
 from __future__ import annotations
@@ -26,7 +33,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import mir_eval
@@ -35,6 +44,7 @@ import torch
 from torch import nn
 
 from benchmarks.drum_patterns import STYLES
+from benchmarks.drums_in_mixes import RECORDED_KITS
 from benchmarks.evalset import PieceSpec, _parts
 from music.drum_kit import drum_class
 from music.engines.drum_net import NET_CLASSES, WEIGHTS_PATH, DrumNet, activations, features, pick_peaks
@@ -46,6 +56,7 @@ logger = logging.getLogger("train_drum_net")
 # Names in benchmarks.drums_in_mixes.SOUND_FONTS.
 TRAIN_FONTS = ("TimGM6mb", "MuseScore_General")
 FIRST_SEED = 10_000
+RECORDED_SEED = 15_000  # the pieces whose drums a recorded kit plays
 LEADS = (56, 73, 53, 40, 71, 65, 81, 66)
 BASSES = (33, 34, 38, 32, 35, 39)
 HARMONIES = (0, 4, 16, 24, 27, 29, 48, 5, 26)
@@ -80,18 +91,30 @@ def piece(seed: int) -> tuple[PieceSpec, int, bool, str]:
     return spec, int(rng.choice(KITS)), alone, effect
 
 
-def example(seed: int, font: str, cache: Path, front_end: DrumConfig, hpss: HpssConfig) -> tuple[np.ndarray, list]:
-    """(features (bands, frames), drum notes) of one piece rendered with one soundfont, cached."""
+def thin(notes: list, seed: int) -> list:
+    """The drum notes of piece `seed` with some hits left out (see the docstring), drawn from the seed."""
+    rng = np.random.default_rng((seed, 11))
+    if rng.random() >= 0.6:
+        return list(notes)
+    drop = {cls: float(rng.uniform(0.0, 0.5)) for cls in NET_CLASSES}
+    return [n for n in notes if rng.random() >= drop.get(drum_class(n.pitch), 0.0)]
+
+
+def example(
+    seed: int, font: str, cache: Path, front_end: DrumConfig, hpss: HpssConfig, drum_font: str | None = None
+) -> tuple[np.ndarray, list]:
+    """(features (bands, frames), drum notes) of one piece rendered with one soundfont (and a recorded
+    kit for its drums), cached."""
     import pretty_midi
 
     from benchmarks.drums_in_mixes import render_random
     from serve_app.domain.audio import decode
 
     _, _, alone, _ = piece(seed)
-    folder = cache / font / f"train_{seed}"
+    folder = cache / font / (f"train_{seed}" if drum_font is None else f"train_{seed}_{drum_font}")
     feats_path = folder / "features.npy"
     if not feats_path.is_file():
-        wav, _ = render_random(seed, font, cache)
+        wav, _ = render_random(seed, font, cache, drum_font)
         audio = decode(wav, 3600.0)
         samples = audio.samples if alone else hpss_stems(audio, hpss)[PERCUSSIVE_STEM]
         np.save(feats_path, features(band_spectrogram(samples, audio.sample_rate, front_end)))
@@ -151,15 +174,20 @@ def validate(net: DrumNet, val: list, frame_rate: float, distance: int) -> dict[
     out = {}
     for row, cls in enumerate(NET_CLASSES):
         scores = {t: f1_at(curves, truth, row, t, distance, frame_rate) for t in np.arange(0.15, 0.9, 0.05)}
-        best = max(scores, key=lambda t: scores[t])
-        out[cls] = (round(float(best), 2), scores[best])
+        best = max(scores.values())
+        # The middle of the plateau, not its edge: an unseen kit's curves peak lower or higher than the
+        # training kits' (a kick at 0.85 was missed on FluidR3 where the training kits reached 0.95).
+        plateau = sorted(t for t, f in scores.items() if f >= best - 0.005)
+        out[cls] = (round(float(plateau[len(plateau) // 2]), 2), best)
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pieces", type=int, default=120, help="pieces per soundfont")
+    parser.add_argument("--recorded", type=int, default=120, help="pieces with a recorded kit's drums")
     parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="pieces rendered at once")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--out", type=Path, default=WEIGHTS_PATH)
@@ -171,13 +199,24 @@ def main(argv: list[str] | None = None) -> None:
     front_end, hpss = DrumConfig(), HpssConfig()
     frame_rate = front_end.analysis_rate / front_end.hop_length
 
+    # (seed, soundfont, recorded kit or None, held back for validation): the last eighth of each group.
     n_val = max(2, args.pieces // 8)
-    train, val = [], []
+    plan = [(FIRST_SEED + i, font, None, i >= args.pieces - n_val) for font in TRAIN_FONTS for i in range(args.pieces)]
+    # Recorded kits: pitched parts from the two soundfonts in turn, drums from the two kits in turn.
+    kits = sorted(RECORDED_KITS)
+    n_val_recorded = max(1, args.recorded // 8) if args.recorded else 0
+    plan += [
+        (RECORDED_SEED + i, TRAIN_FONTS[i % 2], kits[(i // 2) % 2], i >= args.recorded - n_val_recorded)
+        for i in range(args.recorded)
+    ]
     started = time.monotonic()
-    for font in TRAIN_FONTS:
-        for i in range(args.pieces):
-            x, notes = example(FIRST_SEED + i, font, args.cache, front_end, hpss)
-            (val if i >= args.pieces - n_val else train).append((x, targets(notes, x.shape[1], frame_rate)))
+    # Rendering and HPSS are single-threaded: one piece per core.
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        examples = list(pool.map(example, *zip(*((seed, font, args.cache, front_end, hpss, kit)
+                                                 for seed, font, kit, _ in plan))))  # fmt: skip
+    train, val = [], []
+    for (_, _, _, held_back), (x, notes) in zip(plan, examples):
+        (val if held_back else train).append((x, targets(notes, x.shape[1], frame_rate)))
     logger.info("%d training and %d validation examples ready in %.0f s", len(train), len(val),
                 time.monotonic() - started)  # fmt: skip
 
@@ -216,7 +255,10 @@ def main(argv: list[str] | None = None) -> None:
             "state": {k: v.half() if v.is_floating_point() else v for k, v in best_state.items()},
             "thresholds": best_thresholds,
             "front_end": {k: getattr(front_end, k) for k in keys},
-            "trained_on": {"fonts": list(TRAIN_FONTS), "pieces_per_font": args.pieces, "first_seed": FIRST_SEED},
+            "trained_on": {
+                "fonts": [*TRAIN_FONTS, *kits], "pieces_per_font": args.pieces, "first_seed": FIRST_SEED,
+                "recorded_kit_pieces": args.recorded, "recorded_first_seed": RECORDED_SEED,
+            },
         },
         args.out,
     )

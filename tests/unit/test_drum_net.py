@@ -60,7 +60,7 @@ def test_the_training_command_makes_weights_the_transcriber_loads(tmp_path: Path
     from benchmarks.train_drum_net import main
 
     out = tmp_path / "net.pt"
-    main(["--pieces", "3", "--epochs", "1", "--width", "4", "--out", str(out), "--cache", str(tmp_path / "cache")])
+    main(["--pieces", "3", "--recorded", "2", "--epochs", "1", "--width", "4", "--out", str(out), "--cache", str(tmp_path / "cache")])
     transcriber = NetDrumTranscriber(DrumNetConfig(weights_path=out))
     assert transcriber.net.conv[0].out_channels == 4
     notes = transcriber.transcribe(0.1 * np.random.default_rng(0).standard_normal(22050).astype(np.float32), 22050)
