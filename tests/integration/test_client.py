@@ -192,7 +192,10 @@ def _cli_in_tmux(*args: str) -> _Tmux:
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (Debian's tmux)")
-def test_the_progress_bar_and_summary_in_a_real_terminal(service: Service, piano: Path, tmp_path: Path) -> None:
+def test_the_progress_bar_and_summary_in_a_real_terminal(service: Service, tmp_path: Path) -> None:
+    # 40 s of piano, not the 6 s fixture: a 6 s job was done between two frames of the pane on a fast
+    # machine, so the service's own stages never showed.
+    piano = render(melody(program=0, seconds=40.0), tmp_path / "piano.wav")
     tmux = _cli_in_tmux("transcribe", str(piano), "-o", str(tmp_path / "out"), "--separation", "none",
                         "--url", service.url)  # fmt: skip
     try:
