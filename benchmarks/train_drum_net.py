@@ -175,8 +175,8 @@ def validate(net: DrumNet, val: list, frame_rate: float, distance: int) -> dict[
     for row, cls in enumerate(NET_CLASSES):
         scores = {t: f1_at(curves, truth, row, t, distance, frame_rate) for t in np.arange(0.15, 0.9, 0.05)}
         best = max(scores.values())
-        # The middle of the plateau, not its edge: an unseen kit's curves peak lower or higher than the
-        # training kits' (a kick at 0.85 was missed on FluidR3 where the training kits reached 0.95).
+        # The middle of the plateau, not its edge: an unseen kit's curves peak lower or higher (the first
+        # network's kick threshold, 0.85, was the plateau's top edge; FluidR3's kicks peaked at 0.54-0.87).
         plateau = sorted(t for t, f in scores.items() if f >= best - 0.005)
         out[cls] = (round(float(plateau[len(plateau) // 2]), 2), best)
     return out
