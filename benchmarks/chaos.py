@@ -326,7 +326,7 @@ def run_chaos(
     total_seconds = recorder.now()
     resolved = Settings(**settings)
     assert resolved.storage_dir is not None and resolved.storage_backend == "local"
-    checks = verify(jobs, resolved.database_url, resolved.storage_dir)
+    checks = verify(jobs, resolved.database_url.get_secret_value(), resolved.storage_dir)
     return summarize(plan, jobs, recorder, checks, load_seconds, total_seconds)
 
 

@@ -51,12 +51,13 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def fresh_postgres_database() -> Iterator[str]:
-    """A new, empty database on the real PostgreSQL server, dropped afterwards."""
+    """A new, empty database on the real PostgreSQL server (a plain postgresql:// URL), dropped afterwards;
+    psycopg.OperationalError when no server answers (within 3 s)."""
     import psycopg
 
     name = f"stemscribe_test_{uuid.uuid4().hex[:8]}"
     admin = POSTGRES_URL.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(admin, autocommit=True) as conn:
+    with psycopg.connect(admin, autocommit=True, connect_timeout=3) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     base, _, _ = admin.rpartition("/")
     try:

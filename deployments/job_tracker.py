@@ -133,7 +133,7 @@ class JobTracker:
     ) -> None:
         self.settings = settings
         configure_logging(settings)
-        self.repo = JobRepository(settings.database_url)  # lazy: connects on first use
+        self.repo = JobRepository(settings.database_url.get_secret_value())  # lazy: connects on first use
         self.storage = storage_from_settings(settings)
         self.pipeline = JobPipeline(self.storage, separation, transcription, self.repo)
         self.owner = f"tracker-{uuid.uuid4().hex[:12]}"
@@ -217,7 +217,9 @@ class JobTracker:
         while True:
             try:
                 await asyncio.to_thread(upgrade_schema, self.repo)
-                await asyncio.to_thread(ApiKeys(self.repo).seed, self.settings.seeded_api_keys)
+                await asyncio.to_thread(
+                    ApiKeys(self.repo).seed, self.settings.seeded_api_keys, self.settings.seeded_operator_keys
+                )
             except Exception as exc:
                 self._schema_error = database_error(exc)
                 logger.warning("job tracker waits for the database: %s", self._schema_error)

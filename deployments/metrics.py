@@ -30,7 +30,6 @@ T = TypeVar("T")
 # attempts_released.
 REASONS = ("bad_input", "model_unavailable", "internal", "canceled")
 STAGES = ("decoding", "separating", "transcribing", "packaging")
-MODELS = ("demucs", "basic_pitch")
 
 # Seconds. Ray exports a histogram's _sum from bucket midpoints, so the buckets are close enough
 # for sum/count to be a fair mean too.

@@ -51,7 +51,7 @@ class Transcription:
         configure_logging(settings)
         self.engine_cls = engine_cls
         self.storage: StorageBackend = storage_from_settings(settings)
-        self.repo = JobRepository(settings.database_url)  # asked whether a long transcription was canceled
+        self.repo = JobRepository(settings.database_url.get_secret_value())  # asked whether a long transcription was canceled
         self.engine: BasicPitchTranscriber | None = None
         self.error: str | None = None
         self.model_path: Path | None = None  # the configured one; None: the model in basic-pitch's wheel

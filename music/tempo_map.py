@@ -12,17 +12,23 @@ No tempo here is far from the piece's: the fragment's is within x0.6..x1.9 by th
 the beats' are as the tracker made them (within x0.5..x2 of its median beat, see
 `music.engines.beat_tracker`). A pickup bar 1 gets its own time signature, then the piece's meter.
 
-pretty_midi has no public API for tempo changes. Its `write()` emits one set_tempo per entry of
-`_tick_scales` ((tick, seconds per tick), as its reader fills it) and places notes with
-`time_to_tick`, which reads the table `_update_tick_to_time` builds from `_tick_scales`. Both are
-private but have been stable since pretty_midi 0.2.0; the tests write a file and read it back with
-pretty_midi and with mido, so a change there fails loudly rather than silently.
+The tempo map is written with mido (the MIDI library under pretty_midi): set_tempo and time_signature
+messages in a tempo track, which pretty_midi reads through its public constructor (`mido_object`) to
+place the notes. pretty_midi's own `write()` turns each tempo back into microseconds by way of a float
+BPM and truncates, which writes about one tempo in five a microsecond short (591,329 of the 3,000,000
+values up to 3 s a beat at 480 PPQ); a microsecond a beat is a drift of 0.1 ms a minute at 120 BPM.
+So `TempoMappedMidi.write` puts the exact tempos back into the file pretty_midi wrote, with mido.
 """
 
 from __future__ import annotations
 
+import io
 import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
 
+import mido
 import pretty_midi
 
 from music.rhythm import DEFAULT_TICKS_PER_BEAT, BeatGrid
@@ -54,31 +60,69 @@ def tempo_events(grid: BeatGrid, resolution: int = DEFAULT_TICKS_PER_BEAT) -> li
     return events
 
 
-def seconds_per_tick(us_per_beat: int, resolution: int) -> float:
-    """pretty_midi's tick scale for a tempo, nudged so that its `write()` (which truncates
-    6e7 / bpm to an int) writes back exactly `us_per_beat`."""
-    scale = us_per_beat / (1e6 * resolution)
-    for _ in range(8):
-        written = int(6e7 / (60.0 / (scale * resolution)))
-        if written == us_per_beat:
-            return scale
-        scale = scale * (1 + 1e-15) if written < us_per_beat else scale * (1 - 1e-15)
-    raise AssertionError(f"cannot represent {us_per_beat} us per beat in pretty_midi")  # pragma: no cover
+@dataclass(frozen=True)
+class TempoMap:
+    """Tempo changes (tick, microseconds per quarter note) and time signatures (tick, numerator,
+    denominator) of a file with `resolution` ticks per quarter note."""
+
+    resolution: int
+    tempos: tuple[tuple[int, int], ...]
+    signatures: tuple[tuple[int, int, int], ...]
+
+    @classmethod
+    def for_grid(cls, grid: BeatGrid | None, resolution: int = DEFAULT_TICKS_PER_BEAT) -> TempoMap:
+        """The grid's map; 120 BPM in 4/4 for None."""
+        if grid is None:
+            return cls(resolution, ((0, round(60e6 / DEFAULT_TEMPO_BPM)),), ((0, 4, 4),))
+        signatures = tuple((round(p * resolution), num, den) for p, num, den in grid.time_signatures())
+        return cls(resolution, tuple(tempo_events(grid, resolution)), signatures)
+
+    def track(self) -> mido.MidiTrack:
+        """The tempo track (on one tick, a tempo before a time signature, as pretty_midi's writer orders them)."""
+        events = sorted(
+            [(tick, 1, mido.MetaMessage("set_tempo", tempo=us)) for tick, us in self.tempos]
+            + [(tick, 2, mido.MetaMessage("time_signature", numerator=n, denominator=d)) for tick, n, d in self.signatures],
+            key=lambda event: event[:2],
+        )
+        track = mido.MidiTrack()
+        previous = 0
+        for tick, _, message in events:
+            track.append(message.copy(time=tick - previous))
+            previous = tick
+        track.append(mido.MetaMessage("end_of_track", time=0))
+        return track
+
+    def with_exact_tempos(self, data: bytes) -> bytes:
+        """`data` (a file written on this map) with each set_tempo message's exact value."""
+        midi = mido.MidiFile(file=io.BytesIO(data))
+        exact = dict(self.tempos)
+        tick = 0
+        for index, message in enumerate(midi.tracks[0]):
+            tick += message.time
+            if message.type == "set_tempo":
+                midi.tracks[0][index] = message.copy(tempo=exact[tick])
+        buffer = io.BytesIO()
+        midi.save(file=buffer)
+        return buffer.getvalue()
 
 
-def new_midi(grid: BeatGrid | None, resolution: int = DEFAULT_TICKS_PER_BEAT) -> pretty_midi.PrettyMIDI:
-    """An empty PrettyMIDI with the grid's tempo map and time signatures (120 BPM 4/4 for None)."""
-    midi = pretty_midi.PrettyMIDI(resolution=resolution, initial_tempo=DEFAULT_TEMPO_BPM)
-    if grid is None:
-        events = [(0, round(60e6 / DEFAULT_TEMPO_BPM))]
-        signatures = [(0, 4, 4)]
-    else:
-        events = tempo_events(grid, resolution)
-        signatures = [(round(p * resolution), num, den) for p, num, den in grid.time_signatures()]
-    midi._tick_scales = [(tick, seconds_per_tick(us, resolution)) for tick, us in events]
-    midi._update_tick_to_time(max(events[-1][0], signatures[-1][0]) + 1)
-    # Signature times from the file's own map, so write() puts them back on exactly these ticks.
-    midi.time_signature_changes = [
-        pretty_midi.TimeSignature(num, den, float(midi.tick_to_time(tick))) for tick, num, den in signatures
-    ]
-    return midi
+class TempoMappedMidi(pretty_midi.PrettyMIDI):
+    """A PrettyMIDI on a tempo map, whose `write()` keeps the map's tempos exact."""
+
+    def __init__(self, tempo_map: TempoMap) -> None:
+        super().__init__(mido_object=mido.MidiFile(ticks_per_beat=tempo_map.resolution, tracks=[tempo_map.track()]))
+        self.tempo_map = tempo_map
+
+    def write(self, filename: str | Path | BinaryIO) -> None:
+        buffer = io.BytesIO()
+        super().write(buffer)
+        data = self.tempo_map.with_exact_tempos(buffer.getvalue())
+        if isinstance(filename, str | Path):
+            Path(filename).write_bytes(data)
+        else:
+            filename.write(data)
+
+
+def new_midi(grid: BeatGrid | None, resolution: int = DEFAULT_TICKS_PER_BEAT) -> TempoMappedMidi:
+    """An empty MIDI file with the grid's tempo map and time signatures (120 BPM 4/4 for None)."""
+    return TempoMappedMidi(TempoMap.for_grid(grid, resolution))

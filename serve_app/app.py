@@ -91,8 +91,13 @@ def ingress_options(settings: Settings) -> dict[str, Any]:
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
     """`args` are Settings fields (from the YAML's `args:`); the environment fills in the rest."""
-    settings = Settings(**(args or {}))
-    separation = serve.deployment(Separation, **separation_options(settings)).bind(settings)
+    return build_application(Settings(**(args or {})))
+
+
+def build_application(settings: Settings, separation_cls: type[Separation] = Separation) -> Application:
+    """The application for `settings`. Tests bind a subclass of the separation deployment that fails on
+    purpose (tests/integration/faults.py); production code has no fault hooks of its own."""
+    separation = serve.deployment(separation_cls, **separation_options(settings)).bind(settings)
     transcription = serve.deployment(Transcription, **transcription_options(settings)).bind(settings)
     tracker = serve.deployment(JobTrackerDeployment, **tracker_options(settings)).bind(
         settings, separation, transcription

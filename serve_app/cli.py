@@ -31,23 +31,25 @@ def _keys() -> ApiKeys:
     from serve_app.domain.db import JobRepository
     from serve_app.settings import Settings
 
-    repo = JobRepository(Settings().database_url)
+    repo = JobRepository(Settings().database_url.get_secret_value())
     repo.migrate()
     return ApiKeys(repo)
 
 
 def _create_key(args: argparse.Namespace) -> int:
-    row, key = _keys().create(args.name)
+    row, key = _keys().create(args.name, operator=args.operator)
     # The key itself goes to stdout, once; it is not stored anywhere and cannot be shown again.
     sys.stdout.write(f"{key}\n")
-    logger.info("created key %s (%s…) named %r; keep it now, it cannot be shown again", row.id, row.prefix, row.name)
+    role = "an operator's key" if row.operator else "key"
+    logger.info("created %s %s (%s…) named %r; keep it now, it cannot be shown again", role, row.id, row.prefix, row.name)
     return 0
 
 
 def _list_keys(args: argparse.Namespace) -> int:
     for row in _keys().repo.keys():
         state = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "active"
-        sys.stdout.write(f"{row.id}  {row.prefix}…  {state:<24}  {row.name}\n")
+        role = "operator" if row.operator else "client"
+        sys.stdout.write(f"{row.id}  {row.prefix}…  {state:<24}  {role:<8}  {row.name}\n")
     return 0
 
 
@@ -84,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     create = keys.add_parser("create", help="create a key and print it (once)")
     create.add_argument("name", help="who or what the key is for")
+    create.add_argument("--operator", action="store_true", help="an operator's key: may also read /api/v1/health/details")
     create.set_defaults(handler=_create_key)
     keys.add_parser("list", help="list keys (never the keys themselves)").set_defaults(handler=_list_keys)
     revoke = keys.add_parser("revoke", help="revoke a key by its id")

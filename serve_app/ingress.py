@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.api.routes import create_api
+from serve_app.api.app import create_api
 from serve_app.api.services import Services
 from serve_app.domain.db import JobRepository
 from serve_app.domain.storage import storage_from_settings
@@ -33,7 +33,7 @@ class Ingress:
         configure_logging(settings)
         self.separation = separation
         self.transcription = transcription
-        self.repo = JobRepository(settings.database_url)
+        self.repo = JobRepository(settings.database_url.get_secret_value())
         self.storage = storage_from_settings(settings)
         logger.info("ingress ready: database %s, storage %s", self.repo.engine.dialect.name, settings.storage_backend)
         if not settings.auth_required:

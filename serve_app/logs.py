@@ -22,6 +22,8 @@ import sys
 from typing import Any
 
 PACKAGES = ("serve_app", "deployments", "music")
+# httpx's INFO line names every request's full URL, and a webhook's path or query often carries a token.
+QUIETED = ("httpx", "httpcore")
 SERVE_LOGGER = "ray.serve"
 JOB_KEY = "stemscribe_job_id"
 
@@ -149,6 +151,8 @@ def configure_logging(settings: Any, force: bool = False) -> None:
         package_logger.addHandler(handler)
         package_logger.setLevel(settings.log_level)
         package_logger.propagate = False
+    for name in QUIETED:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def serve_logging_config(settings: Any) -> dict[str, Any]:

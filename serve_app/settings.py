@@ -18,17 +18,23 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
+def _split(keys: SecretStr) -> list[str]:
+    return [key.strip() for key in keys.get_secret_value().split(",") if key.strip()]
+
+
 class Settings(BaseSettings):
     """Service-wide settings, read from `STEMSCRIBE_*` variables (and `DATABASE_URL`) or builder args."""
 
-    model_config = SettingsConfigDict(env_prefix="STEMSCRIBE_", extra="forbid", frozen=True)
+    # hide_input_in_errors: a rejected value may be a secret (a short events_token_secret, a URL with a password).
+    model_config = SettingsConfigDict(env_prefix="STEMSCRIBE_", extra="forbid", frozen=True, hide_input_in_errors=True)
 
     data_dir: Path = Field(
         default=Path("~/.stemscribe"),
         description="Folder for the SQLite database and local storage.",
     )
-    database_url: str = Field(
-        default="",
+    # Secret: a PostgreSQL URL carries its password. Read it with `get_secret_value()`; reprs and logs show ***.
+    database_url: SecretStr = Field(
+        default=SecretStr(""),
         validation_alias=AliasChoices("database_url", "DATABASE_URL", "STEMSCRIBE_DATABASE_URL"),
         description="SQLAlchemy URL; empty means a SQLite file in data_dir.",
     )
@@ -72,8 +78,6 @@ class Settings(BaseSettings):
     retry_after_seconds: int = Field(default=2, ge=1, description="Retry-After for polls and 503s")
     retention_seconds: float = Field(default=7 * 24 * 3600, gt=0)
     cleanup_interval_seconds: float = Field(default=600, gt=0)
-    # Fault injection for resilience tests: a replica that finds this text in an upload kills itself.
-    fault_crash_marker: str | None = None
 
     # Defaults for the separation/transcription `user_config`; a YAML `user_config` replaces them.
     demucs_model: str = "htdemucs"
@@ -83,13 +87,19 @@ class Settings(BaseSettings):
     # Security: requests carry X-API-Key unless auth_required is off (laptop config only).
     auth_required: bool = True
     api_keys: SecretStr = Field(default=SecretStr(""), description="Comma-separated keys to seed")
+    # Operator keys may also read /api/v1/health/details (driver errors, model folders); a key listed here
+    # and in api_keys is an operator's.
+    operator_api_keys: SecretStr = Field(default=SecretStr(""), description="Comma-separated operator keys to seed")
     max_active_jobs_per_key: int = Field(default=10, ge=1, description="queued + running jobs per key")
     max_uploads_per_minute: int = Field(default=30, ge=1, description="uploads per key per minute")
 
     # Signs the short-lived tokens browsers use for live progress; one value for every ingress replica
     # (the builder reads settings once, so a generated default is shared by the whole application).
-    events_token_secret: SecretStr = Field(default_factory=lambda: SecretStr(secrets.token_hex(32)))
+    # HS256 wants a key of 32 bytes at least (RFC 7518, section 3.2).
+    events_token_secret: SecretStr = Field(default_factory=lambda: SecretStr(secrets.token_hex(32)), min_length=32)
     events_token_seconds: int = Field(default=300, ge=10)
+    # A comment on an idle event stream, so proxies and load balancers do not close it as dead.
+    events_keepalive_seconds: float = Field(default=15, gt=0)
 
     # Webhooks (Standard Webhooks): the signing secret, "whsec_" + base64; without it, webhook_url is refused.
     webhook_secret: SecretStr | None = None
@@ -114,13 +124,13 @@ class Settings(BaseSettings):
 
     @field_validator("database_url", mode="after")
     @classmethod
-    def _driver(cls, value: str) -> str:
-        return normalize_database_url(value)
+    def _driver(cls, value: SecretStr) -> SecretStr:
+        return SecretStr(normalize_database_url(value.get_secret_value()))
 
     @model_validator(mode="after")
     def _derived(self) -> Settings:
-        if not self.database_url:
-            object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir / 'stemscribe.db'}")
+        if not self.database_url.get_secret_value():
+            object.__setattr__(self, "database_url", SecretStr(f"sqlite:///{self.data_dir / 'stemscribe.db'}"))
         if self.storage_dir is None:
             object.__setattr__(self, "storage_dir", self.data_dir / "storage")
         if self.storage_backend == "s3" and not self.s3_bucket:
@@ -135,7 +145,11 @@ class Settings(BaseSettings):
 
     @property
     def seeded_api_keys(self) -> list[str]:
-        return [key.strip() for key in self.api_keys.get_secret_value().split(",") if key.strip()]
+        return _split(self.api_keys)
+
+    @property
+    def seeded_operator_keys(self) -> list[str]:
+        return _split(self.operator_api_keys)
 
     @property
     def max_upload_megabytes(self) -> float:

@@ -1,14 +1,9 @@
-"""Who may see a job: the key that made it, or a short-lived events token for that one job."""
+"""Who may see a job: the key that made it (the events routes also take a token, `serve_app.api.events_token`)."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
-import json
 import re
-import time
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -29,39 +24,6 @@ async def find_job(services: Services, job_id: str, owner: str | None) -> JobRow
     if row.deleted_at is not None:
         raise JobGone(f"Job {job_id} was deleted.")
     return row
-
-
-def _sign(secret: str, payload: bytes) -> str:
-    return base64.urlsafe_b64encode(hmac.new(secret.encode(), payload, hashlib.sha256).digest()).decode().rstrip("=")
-
-
-def issue_events_token(secret: str, job_id: str, owner: str | None, ttl_seconds: int) -> str:
-    """A token that lets a browser (which cannot set headers on EventSource/WebSocket) follow one job."""
-    payload = base64.urlsafe_b64encode(
-        json.dumps({"j": job_id, "o": owner, "e": int(time.time()) + ttl_seconds}).encode()
-    ).decode()
-    return f"{payload}.{_sign(secret, payload.encode())}"
-
-
-def read_events_token(secret: str, token: str, job_id: str) -> str | None:
-    """The owner the token speaks for; Unauthorized if it is forged, expired or for another job."""
-    try:
-        payload, signature = token.split(".")
-        # Bytes, not str: compare_digest raises TypeError on non-ASCII text, which a client controls.
-        expected = _sign(secret, payload.encode()).encode()
-        if not hmac.compare_digest(signature.encode(), expected):
-            raise ValueError("signature")
-        claims = json.loads(base64.urlsafe_b64decode(payload.encode()))
-        if not isinstance(claims, dict) or not isinstance(claims.get("e"), int | float):
-            raise ValueError("claims")
-        owner = claims.get("o")
-        if not isinstance(owner, str | None):
-            raise ValueError("owner")
-    except ValueError as exc:  # binascii.Error, JSONDecodeError and UnicodeError are ValueErrors too
-        raise Unauthorized("The events token is not valid.") from exc
-    if claims.get("j") != job_id or claims["e"] < time.time():
-        raise Unauthorized("The events token has expired or is for another job.")
-    return owner
 
 
 class RequireApiKey:

@@ -31,6 +31,7 @@ ERROR_MAP: list[tuple[type[errors.StemscribeError], int, str]] = [
     (errors.WebhookRefused, 422, "webhook_url_refused"),
     (errors.QueueFull, 503, "queue_full"),
     (errors.Unauthorized, 401, "unauthorized"),
+    (errors.Forbidden, 403, "forbidden"),
     (errors.RateLimited, 429, "rate_limited"),
     (errors.ResultNotReady, 409, "result_not_ready"),
     (errors.ModelUnavailable, 503, "model_unavailable"),
@@ -39,11 +40,14 @@ ERROR_MAP: list[tuple[type[errors.StemscribeError], int, str]] = [
     (errors.BadInput, 400, "bad_input"),
 ]
 
+
+def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error statuses, each a problem document."""
+    return {code: {"model": Problem, "content": {"application/problem+json": {}}} for code in codes}
+
+
 # The error answers every route documents in OpenAPI.
-PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": Problem, "content": {"application/problem+json": {}}}
-    for code in (400, 401, 404, 409, 410, 413, 415, 422, 429, 503)
-}
+PROBLEM_RESPONSES = problem_responses(400, 401, 404, 409, 410, 413, 415, 422, 429, 503)
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "upload_too_large", 400: "bad_request"}
 

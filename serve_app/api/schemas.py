@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -63,8 +64,22 @@ class JobList(BaseModel):
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last")
 
 
+class ComponentStatus(StrEnum):
+    READY = "ready"
+    STARTING = "starting"  # will be ready without anyone's help: a model loading, the schema being brought up
+    UNAVAILABLE = "unavailable"
+
+
 class ComponentHealth(BaseModel):
-    ready: bool
+    """What anyone may see of a component: a status word and a stable code, never the reason in words."""
+
+    status: ComponentStatus
+    code: str = Field(examples=["ok", "database_unreachable", "model_loading"])
+
+
+class ComponentDetails(ComponentHealth):
+    """An operator's view: the component's own report (driver errors, model folders, devices, counters)."""
+
     detail: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -72,6 +87,12 @@ class Health(BaseModel):
     live: bool
     ready: bool
     components: dict[str, ComponentHealth]
+
+
+class HealthDetails(BaseModel):
+    live: bool
+    ready: bool
+    components: dict[str, ComponentDetails]
 
 
 class Problem(BaseModel):

@@ -102,6 +102,8 @@ class ApiKeyRow(Base):
     prefix: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Role (revision 0006): an operator's key may also read the health details.
+    operator: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
 
 
 class WebhookDeliveryRow(Base):
@@ -125,10 +127,6 @@ class WebhookDeliveryRow(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-
-
-class DuplicateIdempotencyKey(Exception):
-    pass
 
 
 @dataclass(frozen=True)
@@ -179,8 +177,9 @@ def _check_limits(session: Session, limits: AdmissionLimits, owner: str | None, 
 
 
 def make_engine(url: str) -> Engine:
+    # hide_parameters: a failed statement's error (which gets logged) leaves out its values (webhook URLs, options).
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -191,7 +190,9 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args={"connect_timeout": 5})
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args={"connect_timeout": 5}, hide_parameters=True
+    )
 
 
 def _guarded(method: Any) -> Any:
@@ -249,11 +250,6 @@ class JobRepository:
             return session.get(JobRow, job_id)
 
     @_guarded
-    def by_idempotency_key(self, key: str) -> JobRow | None:
-        with self._session() as session:
-            return session.scalars(select(JobRow).where(JobRow.idempotency_key == key)).first()
-
-    @_guarded
     def page(
         self, owner: str | None, status: str | None, limit: int, after: tuple[datetime, str] | None
     ) -> list[JobRow]:
@@ -288,19 +284,6 @@ class JobRepository:
             query = select(func.count()).select_from(JobRow).where(JobRow.status == "queued")
             return int(session.scalar(query) or 0)
 
-    @_guarded
-    def count_active(self, owner: str) -> int:
-        """Jobs of one owner that are queued or running."""
-        with self._session() as session:
-            query = select(func.count()).select_from(JobRow).where(JobRow.owner == owner, JobRow.status.in_(UNFINISHED))
-            return int(session.scalar(query) or 0)
-
-    @_guarded
-    def count_created_since(self, owner: str, since: datetime) -> int:
-        with self._session() as session:
-            query = select(func.count()).select_from(JobRow).where(JobRow.owner == owner, JobRow.created_at >= since)
-            return int(session.scalar(query) or 0)
-
     # --- API keys ----------------------------------------------------------------------------
 
     @_guarded
@@ -322,6 +305,11 @@ class JobRepository:
     def keys(self) -> list[ApiKeyRow]:
         with self._session() as session:
             return list(session.scalars(select(ApiKeyRow).order_by(ApiKeyRow.created_at)))
+
+    @_guarded
+    def set_key_operator(self, key_id: str, operator: bool) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(ApiKeyRow).where(ApiKeyRow.id == key_id).values(operator=operator))
 
     @_guarded
     def revoke_key(self, key_id: str) -> bool:
@@ -393,20 +381,6 @@ class JobRepository:
             _check_limits(session, limits, row.owner, as_utc(row.created_at) or utcnow())
             session.add(row)
         return row.id
-
-    @_guarded
-    def insert(self, row: JobRow) -> None:
-        """Insert a new job. Inserting the same job id again is a no-op (a retried call); another
-        job with the same idempotency key raises DuplicateIdempotencyKey."""
-        try:
-            with self._session() as session, session.begin():
-                session.add(row)
-        except IntegrityError as exc:
-            if self.get(row.id) is not None:
-                return
-            if row.idempotency_key is not None:
-                raise DuplicateIdempotencyKey(row.idempotency_key) from exc
-            raise
 
     def _update(self, *where: Any, **fields: Any) -> bool:
         fields.setdefault("updated_at", utcnow())

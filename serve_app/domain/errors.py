@@ -64,6 +64,10 @@ class Unauthorized(StemscribeError):
     """No API key, an unknown one or a revoked one."""
 
 
+class Forbidden(StemscribeError):
+    """A valid key that may not do this (an operator's route, say)."""
+
+
 class RateLimited(StemscribeError):
     def __init__(self, message: str, retry_after_seconds: int) -> None:
         super().__init__(message)

@@ -24,7 +24,14 @@ from sqlalchemy.orm import Session
 
 from serve_app.domain.db import JobRepository, WebhookDeliveryRow, as_utc, utcnow
 from serve_app.domain.errors import WebhookRefused
-from serve_app.domain.webhooks import Resolver, WebhookUnresolvable, post_signed, resolve_target, system_resolver
+from serve_app.domain.webhooks import (
+    Resolver,
+    WebhookUnresolvable,
+    post_signed,
+    redact_url,
+    resolve_target,
+    system_resolver,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -166,13 +173,13 @@ class Outbox:
             response = await post_signed(client, target, self.secret, claim.id, claim.body.encode())
             if 200 <= response.status_code < 300:
                 await asyncio.to_thread(self._record, claim, status=DELIVERED, finished_at=utcnow(), claimed_by=None)
-                logger.info("webhook %s %s delivered to %s", claim.event_type, claim.id, claim.url)
+                logger.info("webhook %s %s delivered to %s", claim.event_type, claim.id, redact_url(claim.url))
                 return DELIVERED
             reason = f"HTTP {response.status_code}"
         except WebhookUnresolvable as exc:
             reason = exc.message
         except WebhookRefused as exc:
-            logger.warning("webhook %s to %s refused: %s", claim.id, claim.url, exc.message)
+            logger.warning("webhook %s to %s refused: %s", claim.id, redact_url(claim.url), exc.message)
             await asyncio.to_thread(
                 self._record, claim, status=REFUSED, finished_at=utcnow(), claimed_by=None, last_error=exc.message
             )
@@ -181,12 +188,16 @@ class Outbox:
             reason = type(exc).__name__
         retry_at = utcnow() + timedelta(seconds=backoff_seconds(claim.attempts))
         if retry_at > claim.deadline_at:
-            logger.warning("webhook %s to %s given up after %d tries (%s)", claim.id, claim.url, claim.attempts, reason)
+            logger.warning(
+                "webhook %s to %s given up after %d tries (%s)", claim.id, redact_url(claim.url), claim.attempts, reason
+            )
             await asyncio.to_thread(
                 self._record, claim, status=FAILED, finished_at=utcnow(), claimed_by=None, last_error=reason
             )
             return FAILED
-        logger.info("webhook %s to %s failed (%s); retrying at %s", claim.id, claim.url, reason, retry_at.isoformat())
+        logger.info(
+            "webhook %s to %s failed (%s); retrying at %s", claim.id, redact_url(claim.url), reason, retry_at.isoformat()
+        )
         await asyncio.to_thread(self._record, claim, next_attempt_at=retry_at, claimed_by=None, last_error=reason)
         return PENDING
 

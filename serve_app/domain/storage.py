@@ -46,9 +46,6 @@ class JobKeys:
     def stem(self, stem: str) -> str:
         return self.result(f"stems/{stem}.wav")
 
-    def stem_midi(self, stem: str) -> str:
-        return self.result(f"midi/{stem}.mid")
-
     def stem_notes(self, stem: str) -> str:
         return _checked(f"{self.prefix}/work/notes_{stem}.json")
 

@@ -39,6 +39,21 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
+def redact_url(url: str) -> str:
+    """A webhook URL as logs show it: scheme, host and port, and a short hash of the rest (the path, query
+    and user info often carry a token). The same URL always reads the same, so log lines can be matched."""
+    parts = urlsplit(url)
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ":?"
+    host = parts.hostname or "?"
+    host = f"[{host}]" if ":" in host else host
+    rest = f"{parts.netloc.rpartition('@')[0]}@{parts.path}?{parts.query}#{parts.fragment}"
+    digest = hashlib.sha256(rest.encode(errors="replace")).hexdigest()[:8]
+    return f"{parts.scheme or '?'}://{host}{port}/…#{digest}"
+
+
 def system_resolver(host: str, port: int) -> list[str]:
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return list(dict.fromkeys(str(info[4][0]) for info in infos))

@@ -23,8 +23,10 @@ from benchmarks.local_service import (  # noqa: F401 (shared with the tests)
     kill_replica,
     replica_actors,
 )
+from deployments.separation import Separation
 from music.engines.demucs_models import write_random_htdemucs
-from serve_app.app import build_app
+from serve_app.app import build_application
+from serve_app.settings import Settings
 
 FINAL = {"succeeded", "failed", "canceled"}
 
@@ -59,6 +61,7 @@ class Service:
     client: httpx.Client
     settings: dict[str, Any]
     seen_progress: dict[str, list[float]] = field(default_factory=dict)
+    separation_cls: type[Separation] = Separation  # what `deploy` bound; a redeploy binds it again
 
     def submit(self, path: Path, **form: Any) -> httpx.Response:
         with open(path, "rb") as fh:
@@ -86,21 +89,24 @@ class Service:
         return response.content
 
 
-def deploy(serve_url: str, wait_for_database: bool = True, **settings: Any) -> Service:
-    """Deploy (or redeploy) the application; wait until the model is no longer loading and, unless the test
-    keeps the database away, until the job tracker has migrated the schema and seeded the API keys."""
+def deploy(
+    serve_url: str, wait_for_database: bool = True, separation_cls: type[Separation] = Separation, **settings: Any
+) -> Service:
+    """Deploy (or redeploy) the application, with `separation_cls` as its separation deployment (a fault-
+    injecting subclass, say); wait until the model is no longer loading and, unless the test keeps the
+    database away, until the job tracker has migrated the schema and seeded the API keys."""
     settings.setdefault("auth_required", False)  # tests/integration/test_security.py turns it on
-    serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
+    serve.run(build_application(Settings(**settings), separation_cls), name=APP_NAME, route_prefix="/")
     client = httpx.Client(base_url=serve_url, timeout=120)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         components = client.get("/api/v1/health").json()["components"]
-        loading = components["separation"]["detail"].get("state") == "loading"
-        waiting = components["job_tracker"]["detail"].get("state") == "waiting for the database"
+        loading = components["separation"]["code"] == "model_loading"
+        waiting = components["job_tracker"]["code"] == "waiting_for_database"
         if not loading and not (wait_for_database and waiting):
             break
         time.sleep(0.5)
-    return Service(serve_url, client, settings)
+    return Service(serve_url, client, settings, separation_cls=separation_cls)
 
 
 def undeploy(service: Service) -> None:

@@ -14,15 +14,11 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
+from benchmarks.local_service import free_port
+
 ACCESS_KEY = "stemscribe-test"
 SECRET_KEY = "stemscribe-test-secret"
 REGION = "us-east-1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class S3Server:

@@ -23,11 +23,11 @@ from tests.integration.conftest import (
     undeploy,
     wait_stage,
 )
+from tests.integration.faults import CRASH_MARKER, CrashingSeparation
 from tests.music import melody, render
 
 pytestmark = pytest.mark.integration
 
-CRASH_MARKER = "STEMSCRIBE-FAULT-CRASH"
 MAX_ATTEMPTS = 3
 
 
@@ -48,7 +48,7 @@ def service(
     svc = deploy(
         serve_url, data_dir=str(tmp_path_factory.mktemp("data-resilience")), database_url=proxied,
         demucs_model=DEFAULT_TEST_MODEL, demucs_model_dir=str(model_dir), max_concurrent_jobs=2,
-        lease_seconds=6, retry_backoff_seconds=1, max_attempts=MAX_ATTEMPTS, fault_crash_marker=CRASH_MARKER,
+        lease_seconds=6, retry_backoff_seconds=1, max_attempts=MAX_ATTEMPTS, separation_cls=CrashingSeparation,
     )  # fmt: skip
     yield svc
     undeploy(svc)
@@ -119,6 +119,6 @@ def test_redeploying_the_application_finishes_queued_and_running_jobs(service: S
 
     serve.delete(APP_NAME)  # the tracker goes with it, giving its running job's lease back
     time.sleep(2)
-    redeployed = deploy(service.url, **service.settings)
+    redeployed = deploy(service.url, separation_cls=service.separation_cls, **service.settings)
     redeployed.seen_progress = service.seen_progress
     finished_once(redeployed, jobs)

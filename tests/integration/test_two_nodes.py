@@ -29,9 +29,9 @@ import yaml
 
 from music.engines.demucs_models import DEFAULT_TEST_MODEL, write_random_htdemucs
 from tests.audio_files import encode, tone
-from tests.integration.conftest import FINAL, Service, fresh_postgres_database
+from tests.integration.conftest import FINAL, Service, free_port, fresh_postgres_database
 from tests.integration.s3_server import S3Server
-from tests.integration.two_nodes import ROOT, TwoNodeCluster, free_port
+from tests.integration.two_nodes import ROOT, TwoNodeCluster
 from tests.music import melody, render
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]

@@ -4,10 +4,8 @@ or a real local HTTP server."""
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,27 +13,28 @@ from typing import Any
 import psycopg
 import pytest
 import uvicorn
+from sqlalchemy.orm import Session
 
-POSTGRES_URL = os.environ.get("STEMSCRIBE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+from benchmarks.local_service import fresh_postgres_database
+from serve_app.domain.db import JobRepository, JobRow
+from serve_app.settings import normalize_database_url
 
 
 @contextlib.contextmanager
-def fresh_postgres_database() -> Iterator[str]:
-    """A new, empty database on the PostgreSQL server (psycopg URL), dropped afterwards; skips the
-    test when no server answers."""
-    name = f"stemscribe_unit_{uuid.uuid4().hex[:8]}"
-    admin = POSTGRES_URL.replace("postgresql+psycopg://", "postgresql://")
-    try:
-        with psycopg.connect(admin, autocommit=True, connect_timeout=3) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL is not reachable: {exc}")
-    base, _, _ = admin.rpartition("/")
-    try:
-        yield f"{base}/{name}".replace("postgresql://", "postgresql+psycopg://")
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def postgres_or_skip() -> Iterator[str]:
+    """`fresh_postgres_database` with the psycopg 3 driver in its URL; skips the test when no server answers."""
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(fresh_postgres_database())
+        except psycopg.OperationalError as exc:
+            pytest.skip(f"PostgreSQL is not reachable: {exc}")
+        yield normalize_database_url(url)
+
+
+def add_row(repo: JobRepository, row: JobRow) -> None:
+    """A job row as a test needs it, whatever its state (the service itself only adds rows through `admit`)."""
+    with Session(repo.engine) as session, session.begin():
+        session.add(row)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -43,7 +42,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'stemscribe.db'}"
         return
-    with fresh_postgres_database() as url:
+    with postgres_or_skip() as url:
         yield url
 
 

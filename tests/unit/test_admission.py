@@ -16,14 +16,14 @@ import pytest
 from sqlalchemy import func, select
 
 from deployments.job_tracker import JobTracker
-from serve_app.api.routes import create_api
+from serve_app.api.app import create_api
 from serve_app.api.services import Services
 from serve_app.domain.db import AdmissionLimits, JobRepository, JobRow, utcnow
 from serve_app.domain.errors import QueueFull, RateLimited
 from serve_app.domain.storage import LocalStorage
 from serve_app.settings import Settings
 from tests.audio_files import encode, tone
-from tests.unit.conftest import fresh_postgres_database, serving
+from tests.unit.conftest import postgres_or_skip, serving
 
 KEY = "ssk_admission-test-key-0123456789"
 THREADS = 30
@@ -96,11 +96,10 @@ def test_concurrent_admissions_stop_exactly_at_the_queue_depth_idempotency_keys_
     assert _count(repo, JobRow.status == "queued") == 7
     # With the queue full, a replayed key answers with its job without counting; a new key is refused.
     with repo.engine.connect() as conn:
-        replayed = conn.scalar(select(JobRow.idempotency_key).where(JobRow.idempotency_key.is_not(None)).limit(1))
-    assert replayed is not None
-    first = repo.by_idempotency_key(replayed)
-    assert first is not None
-    assert _at_once(20, lambda _: repo.admit(_row(None, replayed), limits)) == [first.id] * 20
+        first, replayed = conn.execute(
+            select(JobRow.id, JobRow.idempotency_key).where(JobRow.idempotency_key.is_not(None)).limit(1)
+        ).one()
+    assert _at_once(20, lambda _: repo.admit(_row(None, replayed), limits)) == [first] * 20
     with pytest.raises(QueueFull):
         repo.admit(_row(None, "-:another"), limits)
     repo.precheck(None, replayed, limits)  # the early check lets the replay through too
@@ -145,7 +144,7 @@ def test_concurrent_http_uploads_on_postgres(
     the limit get 202, the rest 429 (per key) or 503 (queue); no rows beyond it; no orphan files."""
     if not early_check:  # prove the atomic admission alone holds (and cleans up after itself)
         monkeypatch.setattr(JobRepository, "precheck", lambda *args: None)
-    with fresh_postgres_database() as url:
+    with postgres_or_skip() as url:
         settings = Settings(
             data_dir=tmp_path, database_url=url, auth_required=limit == "per_key", api_keys=KEY,
             max_active_jobs_per_key=6, max_uploads_per_minute=100, max_queue_depth=6 if limit == "queue_depth" else 1000,

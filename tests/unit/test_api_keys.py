@@ -6,7 +6,7 @@ import pytest
 
 from serve_app.domain.api_keys import ApiKeys, hash_key
 from serve_app.domain.db import JobRepository
-from serve_app.domain.errors import Unauthorized
+from serve_app.domain.errors import Forbidden, Unauthorized
 
 
 @pytest.fixture
@@ -43,3 +43,28 @@ def test_seeding_is_idempotent(keys: ApiKeys) -> None:
     keys.seed(["ssk_one"])
     assert len(keys.repo.keys()) == 2
     assert keys.authenticate("ssk_two")
+
+
+def test_only_operators_keys_pass_the_operator_check(keys: ApiKeys) -> None:
+    client, client_key = keys.create("alice")
+    operator, operator_key = keys.create("ops", operator=True)
+    assert keys.authenticate_operator(operator_key) == operator.id
+    assert keys.authenticate(operator_key) == operator.id  # an operator is a client too
+    with pytest.raises(Forbidden):
+        keys.authenticate_operator(client_key)
+    with pytest.raises(Unauthorized):
+        keys.authenticate_operator(None)
+    keys.repo.revoke_key(operator.id)
+    with pytest.raises(Unauthorized, match="revoked"):
+        keys.authenticate_operator(operator_key)
+
+
+def test_seeded_keys_take_the_role_their_list_gives(keys: ApiKeys) -> None:
+    keys.seed(["ssk_plain", "ssk_both"], ["ssk_both", "ssk_ops"])
+    assert {r.prefix: r.operator for r in keys.repo.keys()} == {"ssk_plain": False, "ssk_both": True, "ssk_ops": True}
+    with pytest.raises(Forbidden):
+        keys.authenticate_operator("ssk_plain")
+    # The configuration moves a key from one list to the other: its role follows, the key stays the same row.
+    keys.seed(["ssk_plain", "ssk_ops"], ["ssk_plain"])
+    assert {r.prefix: r.operator for r in keys.repo.keys()} == {"ssk_plain": True, "ssk_both": True, "ssk_ops": False}
+    assert len(keys.repo.keys()) == 3

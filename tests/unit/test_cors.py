@@ -6,7 +6,7 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from serve_app.api.routes import create_api
+from serve_app.api.app import create_api
 from serve_app.api.services import Services
 from serve_app.domain.db import JobRepository
 from serve_app.domain.storage import LocalStorage
@@ -15,7 +15,7 @@ from serve_app.settings import Settings
 
 def _client(tmp_path: Path, **settings: object) -> TestClient:
     config = Settings(data_dir=tmp_path, **settings)
-    repo = JobRepository(config.database_url)
+    repo = JobRepository(config.database_url.get_secret_value())
     repo.migrate()
     services = Services(config, repo, LocalStorage(tmp_path / "s"), tracker=None, separation=None, transcription=None)
     return TestClient(create_api(services))

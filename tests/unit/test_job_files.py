@@ -21,6 +21,7 @@ from serve_app.domain.db import JobRepository, JobRow, utcnow
 from serve_app.domain.job_files import JobFiles, LeaseLost
 from serve_app.domain.storage import JobKeys, LocalStorage, StorageBackend
 from serve_app.settings import Settings
+from tests.unit.conftest import add_row
 from tests.unit.test_job_tracker import _job, _Method, _ok, _state, _Transcription, _true, _until
 
 JOB = "0123456789abcdef0123456789abcdef"
@@ -193,7 +194,7 @@ def test_temporary_names_stay_inside_their_job() -> None:
 def _insert(repo: JobRepository) -> str:
     job = _job()
     now = utcnow()
-    repo.insert(JobRow(
+    add_row(repo, JobRow(
         **job, status="queued", stage="queued", progress=0.0, results=[], stage_seconds={}, created_at=now,
         updated_at=now, attempts=0, cancel_requested=False,
     ))  # fmt: skip
@@ -252,7 +253,7 @@ class _FencedSeparation:
 def _tracker(tmp_path: Path) -> tuple[JobTracker, _FencedSeparation, LocalStorage, JobRepository]:
     settings = Settings(data_dir=tmp_path, max_concurrent_jobs=1, lease_seconds=30, auth_required=False)
     storage = LocalStorage(settings.storage_dir)  # type: ignore[arg-type]
-    repo = JobRepository(settings.database_url)
+    repo = JobRepository(settings.database_url.get_secret_value())
     separation = _FencedSeparation(storage, repo)
     return JobTracker(settings, separation, _Transcription(storage)), separation, storage, repo
 

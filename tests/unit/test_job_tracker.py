@@ -95,7 +95,7 @@ async def _until(condition: Any, timeout: float = 20) -> None:
 def test_a_stopping_tracker_hands_its_running_job_over_and_the_next_one_finishes_both(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, max_concurrent_jobs=1, lease_seconds=30, auth_required=False)
     storage = LocalStorage(settings.storage_dir)  # type: ignore[arg-type]
-    repo = JobRepository(settings.database_url)
+    repo = JobRepository(settings.database_url.get_secret_value())
 
     async def scenario() -> None:
         stuck = _Separation(storage, block=True)
@@ -178,7 +178,7 @@ def test_webhook_deliveries_wait_for_the_schema(tmp_path: Path) -> None:
 
 def test_the_cancel_check_stops_work_whose_attempt_was_handed_over(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, auth_required=False)
-    repo = JobRepository(settings.database_url)
+    repo = JobRepository(settings.database_url.get_secret_value())
     upgrade_schema(repo)
     upgrade_schema(repo)  # a second start finds nothing to do
 

@@ -75,13 +75,18 @@ def test_configure_logging_leaves_processes_outside_ray_alone() -> None:
 def test_configure_logging_sets_up_the_package_loggers_once() -> None:
     package = logging.getLogger("deployments")
     before = (package.level, package.propagate, list(package.handlers))
+    quieted = {name: logging.getLogger(name).level for name in logs.QUIETED}
     try:
         logs.configure_logging(Settings(log_encoding="JSON", log_level="WARNING"), force=True)
         logs.configure_logging(Settings(log_encoding="JSON", log_level="WARNING"), force=True)
         ours = [h for h in package.handlers if getattr(h, "_stemscribe", False)]
         assert len(ours) == 1 and isinstance(ours[0].formatter, logs.JsonFormatter)
         assert package.level == logging.WARNING and not package.propagate
+        # httpx's request lines (full URLs, webhook tokens included) never reach a replica's log.
+        assert logging.getLogger("httpx").getEffectiveLevel() == logging.WARNING
     finally:
+        for name, level in quieted.items():
+            logging.getLogger(name).setLevel(level)
         for name in logs.PACKAGES:
             logger = logging.getLogger(name)
             for h in [h for h in logger.handlers if getattr(h, "_stemscribe", False)]:

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import http.server
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy import select
@@ -23,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from serve_app.domain.db import JobRepository, WebhookDeliveryRow
 from serve_app.domain.outbox import DELIVERED, FAILED, PENDING, REFUSED, Outbox, backoff_seconds
-from serve_app.domain.webhooks import sign
+from serve_app.domain.webhooks import redact_url, sign
 
 SECRET = "whsec_" + base64.b64encode(b"unit-test-webhook-secret-0123456").decode()
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,6 +112,32 @@ def test_a_delivery_is_retried_under_one_id_until_a_2xx(repo: JobRepository) -> 
         assert json.loads(body)["data"]["job_id"] == "a" * 32
     (row,) = _rows(repo)
     assert row.attempts == 3 and row.finished_at is not None and row.claimed_by is None
+
+
+def test_log_lines_name_the_webhook_host_but_not_its_path_query_or_credentials(
+    repo: JobRepository, caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver = Receiver([500])
+    url = receiver.url.replace("http://", "http://user:pa55word@") + "/tok-d41d8cd9?sig=c2lnbmF0dXJl"
+    outbox = Outbox(repo, SECRET, retry_seconds=30, timeout_seconds=5, allow_private=True)
+
+    async def scenario() -> None:
+        await outbox.enqueue(url, "job.succeeded", {"job_id": "c" * 32})
+        await _run_until(outbox, lambda: _rows(repo)[0].status == DELIVERED)
+
+    caplog.set_level(logging.DEBUG, logger="serve_app")
+    try:
+        asyncio.run(scenario())
+    finally:
+        receiver.close()
+    assert len(receiver.received) == 2  # a failed try and a delivery: two lines about the URL
+    lines = [r.getMessage() for r in caplog.records if "webhook" in r.getMessage()]
+    assert any("failed" in line for line in lines) and any("delivered" in line for line in lines)
+    host = urlsplit(receiver.url).netloc
+    for line in lines:
+        assert f"http://{host}/…#{redact_url(url).rsplit('#')[1]}" in line, line
+    for secret in ("tok-d41d8cd9", "c2lnbmF0dXJl", "pa55word", "user:"):
+        assert secret not in caplog.text
 
 
 def test_past_the_deadline_a_delivery_is_given_up(repo: JobRepository) -> None:

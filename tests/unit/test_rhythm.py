@@ -16,7 +16,7 @@ from music.notes import Note, PitchBend
 from music.presets import QuantizeGrid
 from music.quantize import quantize
 from music.rhythm import BeatGrid
-from music.tempo_map import new_midi, seconds_per_tick, tempo_events
+from music.tempo_map import TempoMap, new_midi, tempo_events
 
 PPQ = 480
 
@@ -337,10 +337,31 @@ def test_in_memory_map_matches_the_written_one() -> None:
         assert midi.time_to_tick(float(t)) == round(tempo_map.tick(float(t)))
 
 
-def test_tick_scale_survives_pretty_midis_truncation() -> None:
-    for us in (1, 3, 76667, 500000, 512821, 0xFFFFFF):
-        scale = seconds_per_tick(us, PPQ)
-        assert int(6e7 / (60.0 / (scale * PPQ))) == us
+@pytest.mark.parametrize(
+    "grid", [_varying_grid(3, 1), _varying_grid(4, 3, start=0.05), BeatGrid.steady(117.0, 60.0, 3, 0.23), None],
+    ids=["varying-3/4", "varying-4/4-pickup", "steady-with-pickup", "none"],
+)
+def test_the_file_read_back_with_mido_holds_exactly_the_grids_tempos_and_signatures(grid: BeatGrid | None) -> None:
+    """Every tempo to the microsecond (pretty_midi's own writer would truncate about one in five), in the
+    one tempo track, through the service's writer (`midi_bytes`) and through `write()` alike."""
+    expected = TempoMap.for_grid(grid, PPQ)
+    built = build_midi({"bass": [Note(0.5, 1.0, 40, 90)], "drums": [Note(0.25, 0.3, 36, 100)]}, grid)
+    for data in (midi_bytes(built), _write(new_midi(grid))):
+        file = mido.MidiFile(file=io.BytesIO(data))
+        assert file.ticks_per_beat == PPQ
+        tempos, signatures, tick = [], [], 0
+        for message in file.tracks[0]:
+            tick += message.time
+            if message.type == "set_tempo":
+                tempos.append((tick, message.tempo))
+            elif message.type == "time_signature":
+                signatures.append((tick, message.numerator, message.denominator))
+        assert tuple(tempos) == expected.tempos == tuple(tempo_events(grid, PPQ) if grid else [(0, 500000)])
+        assert tuple(signatures) == expected.signatures
+        assert not any(m.is_meta and m.type in ("set_tempo", "time_signature") for t in file.tracks[1:] for m in t)
+    if len(expected.tempos) > 10:
+        # A tempo per beat: among them are values pretty_midi's writer alone would have changed.
+        assert any(int(6e7 / (60.0 / ((60.0 / ((6e7 / us) * PPQ)) * PPQ))) != us for _, us in expected.tempos)
 
 
 # --- what a DAW gets: tempi near the piece's, a musical bar 1, notes at their times ---------------------------

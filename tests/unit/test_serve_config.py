@@ -82,8 +82,8 @@ def test_the_cluster_config_is_multi_node_with_shared_state_and_no_loopback() ->
     (app,) = config.applications
     env = app.runtime_env["env_vars"]
     settings = Settings(**env_settings(env), **app.args)
-    assert settings.database_url.startswith("postgresql+psycopg://")
-    assert "@db.internal:" in settings.database_url
+    assert settings.database_url.get_secret_value().startswith("postgresql+psycopg://")
+    assert "@db.internal:" in settings.database_url.get_secret_value()
     assert settings.storage_backend == "s3" and settings.s3_bucket
     assert "STEMSCRIBE_DATA_DIR" not in env and "STEMSCRIBE_STORAGE_DIR" not in env  # nothing node-local
     (tracker,) = [d for d in app.deployments if d.name == "JobTracker"]

@@ -287,16 +287,18 @@ class _FakeStorage(LocalStorage):
 def _succeeded_job(tmp_path: Path):  # type: ignore[no-untyped-def]
     from fastapi.testclient import TestClient
 
-    from serve_app.api.routes import create_api
+    from serve_app.api.app import create_api
     from serve_app.api.services import Services
     from serve_app.domain.db import JobRepository, JobRow, utcnow
     from serve_app.settings import Settings
+    from tests.unit.conftest import add_row
 
     settings = Settings(data_dir=tmp_path, auth_required=False, retry_after_seconds=7)
-    repo = JobRepository(settings.database_url)
+    repo = JobRepository(settings.database_url.get_secret_value())
     repo.migrate()
     now = utcnow()
-    repo.insert(
+    add_row(
+        repo,
         JobRow(
             id=JOB, status="succeeded", stage="done", progress=100.0, options={}, upload_name="a.wav",
             upload_bytes=4, duration_seconds=1.0, sample_rate=44100, channels=1, results=["midi/mix.mid"],

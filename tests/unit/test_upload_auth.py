@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from serve_app.api.routes import create_api
+from serve_app.api.app import create_api
 from serve_app.api.services import Services
 from serve_app.domain.api_keys import ApiKeys
 from serve_app.domain.db import JobRepository
@@ -27,7 +27,7 @@ SENT = 64 * 1024
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, int]]:
     settings = Settings(data_dir=tmp_path, auth_required=True)
-    repo = JobRepository(settings.database_url)
+    repo = JobRepository(settings.database_url.get_secret_value())
     repo.migrate()
     ApiKeys(repo).seed([KEY])
     services = Services(settings, repo, LocalStorage(tmp_path / "s"), tracker=None, separation=None, transcription=None)

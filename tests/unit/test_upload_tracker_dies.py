@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from deployments.job_tracker import JobTracker
-from serve_app.api.routes import create_api
+from serve_app.api.app import create_api
 from serve_app.api.services import Services
 from serve_app.domain.db import JobRepository
 from serve_app.domain.storage import JobKeys, LocalStorage
@@ -48,7 +48,7 @@ class _TrackerDyingOnce:
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[tuple[str, LocalStorage, JobRepository]]:
     settings = Settings(data_dir=tmp_path, auth_required=False)
-    repo = JobRepository(settings.database_url)
+    repo = JobRepository(settings.database_url.get_secret_value())
     repo.migrate()
     storage = LocalStorage(tmp_path / "s")
     tracker = JobTracker(settings, None, None)  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from serve_app.api.routes import create_api
+from serve_app.api.app import create_api
 from serve_app.api.services import Services
 from serve_app.domain.db import JobRepository
 from serve_app.domain.storage import LocalStorage
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
     settings = Settings(data_dir=tmp_path, auth_required=True)
-    repo = JobRepository(settings.database_url)
+    repo = JobRepository(settings.database_url.get_secret_value())
     repo.migrate()
     services = Services(settings, repo, LocalStorage(tmp_path / "s"), tracker=None, separation=None, transcription=None)
     yield TestClient(create_api(services))

@@ -10,7 +10,14 @@ import httpx
 import pytest
 
 from serve_app.domain.errors import WebhookRefused
-from serve_app.domain.webhooks import WebhookUnresolvable, check_target, post_signed, resolve_target, sign
+from serve_app.domain.webhooks import (
+    WebhookUnresolvable,
+    check_target,
+    post_signed,
+    redact_url,
+    resolve_target,
+    sign,
+)
 
 SECRET = "whsec_" + base64.b64encode(b"unit-test-webhook-secret-0123456").decode()
 
@@ -20,6 +27,24 @@ def test_signature_matches_the_standard_webhooks_reference_vector() -> None:
     signature = sign("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330,
                      b'{"test": 2432232314}')  # fmt: skip
     assert signature == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://hooks.example.com/t/0f8e2c?sig=abc#frag", "https://hooks.example.com/…#"),
+        ("http://user:pw@93.184.216.34:8080/x", "http://93.184.216.34:8080/…#"),
+        ("https://[2001:db8::1]/hook", "https://[2001:db8::1]/…#"),
+    ],
+)
+def test_a_redacted_url_keeps_scheme_and_host_and_hashes_the_rest(url: str, shown: str) -> None:
+    redacted = redact_url(url)
+    assert redacted.startswith(shown) and len(redacted) == len(shown) + 8
+    int(redacted.removeprefix(shown), 16)  # after scheme, host and port: only the hash
+    assert redacted == redact_url(url)  # the same URL reads the same in every line
+    assert redacted != redact_url(url.replace("/t/0f8e2c", "/t/0f8e2d").replace("/x", "/y").replace("hook", "hooc"))
+    for hidden in ("0f8e2c", "sig", "frag", "user", "pw@"):
+        assert hidden not in redacted
 
 
 @pytest.mark.parametrize(
