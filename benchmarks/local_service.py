@@ -103,8 +103,9 @@ def wait_until_ready(url: str, timeout: float = 600.0) -> dict[str, Any]:
         while True:
             try:
                 health = client.get("/api/v1/health").json()
-                states = [health["components"][c]["detail"].get("state") for c in ("separation", "transcription")]
-                if "loading" not in states and None not in states:
+                codes = [health["components"][c]["code"] for c in ("separation", "transcription")]
+                # Loading, or not answering yet (`<name>_unreachable`): wait; ready or failed: done.
+                if not any(code == "model_loading" or code.endswith("_unreachable") for code in codes):
                     return dict(health)
             except (httpx.HTTPError, KeyError, ValueError):
                 pass  # the proxy answers before the application is up

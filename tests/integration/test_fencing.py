@@ -73,7 +73,8 @@ def _until_idle(service: Service, timeout: float = 120) -> None:
     since the attempt waits for them)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if service.client.get("/api/v1/health").json()["components"]["job_tracker"]["detail"].get("running") == 0:
+        tracker = service.client.get("/api/v1/health/details").json()["components"]["job_tracker"]
+        if tracker["detail"].get("running") == 0:
             return
         time.sleep(0.2)
     raise AssertionError("the tracker still runs an attempt")

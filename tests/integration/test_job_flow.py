@@ -73,6 +73,10 @@ def _intervals_and_pitches(notes: list) -> tuple[np.ndarray, np.ndarray]:
 def test_health_reports_database_and_models_ready(service: Service) -> None:
     health = service.client.get("/api/v1/health").json()
     assert health["ready"], health
+    assert {c["status"] for c in health["components"].values()} == {"ready"}
+    assert all(set(c) == {"status", "code"} for c in health["components"].values())  # no reports in public
+    # The components' own reports: the operators' route (open here, like every route, with auth off).
+    health = service.client.get("/api/v1/health/details").json()
     expected = "sqlite" if not service.settings["database_url"] else "postgresql"
     assert health["components"]["database"]["detail"]["backend"] == expected
     assert health["components"]["separation"]["detail"]["model"] == DEFAULT_TEST_MODEL

@@ -175,22 +175,22 @@ def test_list_pages_newest_first_with_a_cursor(service: Service, song: Path) -> 
 def test_idempotency_key_makes_one_job_even_from_20_concurrent_posts(service: Service, song: Path) -> None:
     key = f"key-{time.time_ns()}"
 
-    def post() -> tuple[int, str]:
+    def post() -> tuple[int, str, str]:
         with open(song, "rb") as fh:
             response = service.client.post(
                 "/api/v1/transcribe", files={"file": ("song.wav", fh)}, data={"separation": "none"},
                 headers={"Idempotency-Key": key},
             )  # fmt: skip
-        return response.status_code, response.json()["job_id"]
+        return response.status_code, response.json()["job_id"], response.json()["status"]
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
         answers = list(pool.map(lambda _: post(), range(20)))
-    assert {status for status, _ in answers} == {202}
-    assert len({job_id for _, job_id in answers}) == 1
+    assert {status for status, _, _ in answers} == {202}
+    assert len({job_id for _, job_id, _ in answers}) == 1
     job_id = answers[0][1]
     assert service.wait(job_id)["status"] == "succeeded"
-    # The same key later: the same job. With other options: 422.
-    assert post() == (202, job_id)
+    # The same key later: the same job, as it stands now (not "queued"). With other options: 422.
+    assert post() == (202, job_id, "succeeded")
     with open(song, "rb") as fh:
         other = service.client.post(
             "/api/v1/transcribe", files={"file": ("song.wav", fh)}, data={"separation": "none", "onset_threshold": "0.7"},

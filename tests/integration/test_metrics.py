@@ -4,7 +4,6 @@ values, and JSON log lines carry the job id."""
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 import ray
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.audio_files import encode, tone
 from tests.integration.conftest import Service, deploy, undeploy
@@ -21,8 +21,6 @@ pytestmark = pytest.mark.integration
 # Metrics are exported on an interval (a few seconds); a loaded machine gets more.
 EXPORT_WAIT_SECONDS = 60
 
-_SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
-_LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +49,14 @@ def _metrics_url() -> str:
 
 
 class Scrape:
+    """One scrape of the Prometheus text, every sample by its full name (`_total`, `_bucket`, `_count`)."""
+
     def __init__(self, text: str) -> None:
-        self.samples: list[tuple[str, dict[str, str], float]] = []
-        for line in text.splitlines():
-            match = _SAMPLE.match(line)
-            if match and not line.startswith("#"):
-                labels = dict(_LABEL.findall(match[2] or ""))
-                self.samples.append((match[1], labels, float(match[3])))
+        self.samples: list[tuple[str, dict[str, str], float]] = [
+            (sample.name, dict(sample.labels), float(sample.value))
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        ]
 
     def value(self, name: str, **labels: str) -> float:
         """Summed over the series (workers, nodes) whose labels include `labels`."""

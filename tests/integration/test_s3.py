@@ -85,9 +85,8 @@ def _links(job: dict[str, Any]) -> dict[str, str]:
 def test_whole_flow_keeps_every_file_in_the_bucket_and_delete_removes_them(
     service: Service, s3: S3Server, song: Path
 ) -> None:
-    assert service.client.get("/api/v1/health").json()["components"]["storage"] == {
-        "ready": True, "detail": {"backend": "s3"},
-    }  # fmt: skip
+    assert service.client.get("/api/v1/health").json()["components"]["storage"] == {"status": "ready", "code": "ok"}
+    assert service.client.get("/api/v1/health/details").json()["components"]["storage"]["detail"] == {"backend": "s3"}
     accepted = service.submit(song, separation="none")
     assert accepted.status_code == 202, accepted.text
     job_id = accepted.json()["job_id"]
@@ -144,7 +143,8 @@ def test_an_s3_outage_answers_503_with_retry_after_and_never_reads_as_missing(
         assert down.headers["content-type"].startswith("application/problem+json")
         assert down.json()["code"] == "storage_unavailable"
         ready = service.client.get("/api/v1/health/ready")
-        assert ready.status_code == 503 and not ready.json()["components"]["storage"]["ready"]
+        assert ready.status_code == 503
+        assert ready.json()["components"]["storage"] == {"status": "unavailable", "code": "storage_unreachable"}
         refused = service.submit(song, separation="none")  # the upload cannot be stored either
         assert refused.status_code == 503 and refused.json()["code"] == "storage_unavailable"
     finally:
@@ -153,7 +153,7 @@ def test_an_s3_outage_answers_503_with_retry_after_and_never_reads_as_missing(
     # Now the object is truly gone: that, and only that, is a missing file.
     missing = service.client.get(link)
     assert missing.status_code == 404 and missing.json()["code"] == "result_not_found", missing.text
-    assert service.client.get("/api/v1/health").json()["components"]["storage"]["ready"]
+    assert service.client.get("/api/v1/health").json()["components"]["storage"]["status"] == "ready"
     again = service.wait(service.submit(song, separation="none").json()["job_id"])
     assert again["status"] == "succeeded", again["error"]
     assert _download(service, s3, _links(again)["notes.json"]).content
