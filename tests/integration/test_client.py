@@ -10,7 +10,6 @@ import json
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import pytest
 import soundfile
 from typer.testing import CliRunner
 
+from benchmarks.local_service import free_port
 from music.engines.demucs_models import DEFAULT_TEST_MODEL
 from stemscribe_client import AsyncClient, Client, Gone, cli
 from tests.integration.conftest import Service, deploy, undeploy
@@ -136,9 +136,7 @@ def test_refusals_and_an_unreachable_service_give_a_sentence_and_an_exit_code(
     )
     assert out_of_range.exit_code == cli.EXIT_FAILED
     assert "422 invalid_request" in out_of_range.output and "onset_threshold" in out_of_range.output
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        nowhere = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    nowhere = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     # As a person runs it: the entry point in a subprocess, so no test harness hides a traceback.
     done = subprocess.run(
         [sys.executable, "-m", "serve_app.cli", "transcribe", str(piano), "--url", nowhere], capture_output=True,

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from pathlib import Path
 
 import httpx
 import pretty_midi
 import pytest
 
+from benchmarks.local_service import free_port
 from stemscribe_client import (
     ApiError,
     AsyncClient,
@@ -134,10 +134,7 @@ def test_an_answer_that_is_not_problem_json_still_says_what_came_back() -> None:
 
 
 def test_an_unreachable_service_is_one_clear_exception(song: Path, sleeps: list[float]) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # closed once the block ends: nothing listens there
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with pytest.raises(ServiceUnreachable) as caught, Client(url, retries=1) as client:
         client.submit(song)
     assert caught.value.url == url and "refused" in caught.value.reason

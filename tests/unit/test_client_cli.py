@@ -4,13 +4,13 @@ entry point) against the stand-in service: outputs, summaries, messages and exit
 from __future__ import annotations
 
 import functools
-import socket
 from pathlib import Path
 
 import httpx
 import pytest
 from typer.testing import CliRunner
 
+from benchmarks.local_service import free_port
 from serve_app import cli as service_cli
 from stemscribe_client import cli
 from tests.unit._fake_service import FakeService, problem
@@ -94,9 +94,7 @@ def test_an_unreachable_service_is_exit_code_3_without_a_traceback(
     songs: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("stemscribe_client._common.retry_delay", lambda *a: 0.0)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     for args in (["transcribe", str(songs[0]), "-o", str(tmp_path)], ["jobs", "list"], ["jobs", "show", "x"]):
         result = _run(*args, "--url", url)
         assert result.exit_code == cli.EXIT_UNREACHABLE, result.output

@@ -5,13 +5,13 @@
 from __future__ import annotations
 
 import logging
-import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from benchmarks.local_service import free_port
 from serve_app.api.app import create_api
 from serve_app.api.services import Services
 from serve_app.domain.api_keys import ApiKeys
@@ -41,12 +41,6 @@ class _Handle:
         self.status = _Status(detail)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _services(settings: Settings, tracker: dict[str, Any], separation: dict[str, Any]) -> Services:
     return Services(
         settings, JobRepository(settings.database_url.get_secret_value()), LocalStorage(settings.data_dir / "s"),
@@ -57,7 +51,7 @@ def _services(settings: Settings, tracker: dict[str, Any], separation: dict[str,
 def test_without_its_database_the_api_answers_and_tells_only_operators_why(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    port = _free_port()
+    port = free_port()  # nothing listens there
     config = Settings(data_dir=tmp_path, database_url=f"postgresql://postgres@127.0.0.1:{port}/x", auth_required=False)
     waiting = {"state": "waiting for the database", "error": "connection refused"}
     loading = {"state": "loading", "model": "htdemucs", "error": f"{MODEL_DIR}/htdemucs.th: still reading"}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks.local_service import free_port
 from deployments.job_tracker import HANDED_OVER, JobTracker, upgrade_schema
 from deployments.progress import CancelCheck
 from deployments.separation import Separation
@@ -26,12 +26,6 @@ from serve_app.domain.errors import ServiceUnavailable
 from serve_app.domain.jobs import JobOptions
 from serve_app.domain.storage import JobKeys, LocalStorage
 from serve_app.settings import Settings
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class _Method:
@@ -131,7 +125,7 @@ async def _true(value: bool) -> bool:
 
 
 def test_the_tracker_starts_without_its_database_and_says_why(tmp_path: Path) -> None:
-    url = f"postgresql+psycopg://postgres@127.0.0.1:{_closed_port()}/nothing"
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nothing"
     settings = Settings(data_dir=tmp_path, database_url=url, auth_required=False)
     storage = LocalStorage(settings.storage_dir)  # type: ignore[arg-type]
 
@@ -152,7 +146,7 @@ def test_the_tracker_starts_without_its_database_and_says_why(tmp_path: Path) ->
 def test_webhook_deliveries_wait_for_the_schema(tmp_path: Path) -> None:
     """On a fresh or absent database the outbox table does not exist yet: the delivery loop must not
     query it (and log tracebacks) before the migrations ran."""
-    url = f"postgresql+psycopg://postgres@127.0.0.1:{_closed_port()}/nothing"
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nothing"
     settings = Settings(data_dir=tmp_path, database_url=url, auth_required=False, webhook_secret="s" * 32)
     storage = LocalStorage(settings.storage_dir)  # type: ignore[arg-type]
 

@@ -5,6 +5,7 @@ from typing import ClassVar
 
 import pytest
 
+from benchmarks.local_service import free_port
 from serve_app.domain.storage import JobKeys, LocalStorage
 
 JOB = "0123456789abcdef0123456789abcdef"
@@ -131,13 +132,10 @@ def test_only_a_true_not_found_reads_as_missing(aws_env, method: str, code: str)
 
 
 def test_an_unreachable_s3_endpoint_is_storage_unavailable(aws_env, tmp_path: Path) -> None:
-    import socket
-
+    
     from serve_app.domain.errors import StorageUnavailable
 
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # a port nobody listens on
     storage = _s3(max_attempts=2, timeout_seconds=1, endpoint_url=f"http://127.0.0.1:{port}")
     key = JobKeys(JOB).stem("bass")
     source = tmp_path / "bass.wav"
