@@ -89,7 +89,7 @@ def _view(request: Request, row: JobRow) -> JobView:
         options=row.options, upload_name=row.upload_name, duration_seconds=row.duration_seconds,
         created_at=as_utc(row.created_at), updated_at=as_utc(row.updated_at), started_at=as_utc(row.started_at),
         finished_at=as_utc(row.finished_at), error=row.error, stage_seconds=row.stage_seconds or {},
-        attempts=row.attempts, expired_at=as_utc(row.expired_at), results=links,
+        attempts=row.attempts, expired_at=as_utc(row.expired_at), results=links, cache_hit=bool(row.cache_hit),
         analysis=MusicAnalysis.model_validate(row.analysis) if row.analysis and links else None,
     )  # fmt: skip
 
@@ -161,7 +161,7 @@ def build_router(settings: Settings) -> APIRouter:
                     "upload_name": display_name(file.filename), "upload_bytes": upload.size,
                     "duration_seconds": upload.info.duration_seconds, "sample_rate": upload.info.sample_rate,
                     "channels": upload.info.channels, "request_hash": request_hash, "owner": owner,
-                    "idempotency_key": scoped_key,
+                    "idempotency_key": scoped_key, "audio_sha256": upload.info.samples_sha256,
                 }
             )  # fmt: skip
         except Exception as exc:
