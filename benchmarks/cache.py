@@ -7,7 +7,7 @@ cache on) and, on a rendered piece (piano, bass, strings and drums; FluidSynth) 
 
 1. uploads the MP3: computed (seconds from the start of the upload to `succeeded`);
 2. uploads the same MP3 behind another ID3 tag (other title): a cache hit, timed the same way, and every
-   result compared byte for byte with the first job's;
+   result (downloaded with stemscribe's client) compared byte for byte with the first job's;
 3. uploads the MP3's decoded samples as a 32-bit float WAV (the same samples, another container): the same;
 4. uploads another, shorter piece N times at once: how many of the N computed, and whether all N got the
    same transcription.mid.
@@ -29,19 +29,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import soundfile
 
 from benchmarks.local_service import local_service
 from benchmarks.report import DEFAULT_OUT, git_commit, machine
 from music.engines.demucs_models import DEFAULT_TEST_MODEL, write_random_htdemucs
 from serve_app.domain import audio
+from stemscribe_client import Client
 from tests.audio_files import encode
 from tests.music import ensemble, render
 
 logger = logging.getLogger("benchmarks.cache")
-
-POLL_SECONDS = 0.02  # sub-second answers are the point: poll often
 
 
 def _retagged(mp3: bytes, title: str) -> bytes:
@@ -74,47 +72,41 @@ def make_uploads(folder: Path, seconds: float, short_seconds: float) -> dict[str
     return {"mp3": mp3, "retagged": retagged, "float_wav": float_wav, "short": short}
 
 
-def run_job(client: httpx.Client, path: Path, separation: str) -> dict[str, Any]:
-    """Upload `path`, poll until it is final; the job view with the seconds from upload to the end."""
-    started = time.monotonic()
-    with open(path, "rb") as fh:
-        response = client.post("/api/v1/transcribe", files={"file": (path.name, fh)}, data={"separation": separation})
-    response.raise_for_status()
-    accepted = time.monotonic() - started
-    job_id = response.json()["job_id"]
-    while True:
-        job = client.get(f"/api/v1/jobs/{job_id}").json()
-        if job["status"] in ("succeeded", "failed", "canceled"):
-            break
-        time.sleep(POLL_SECONDS)
-    if job["status"] != "succeeded":
-        raise RuntimeError(f"job {job_id} {job['status']}: {job.get('error')}")
-    return {**job, "upload_to_202_s": round(accepted, 3), "upload_to_succeeded_s": round(time.monotonic() - started, 3)}
-
-
-def results(client: httpx.Client, job: dict[str, Any]) -> dict[str, bytes]:
-    return {link["name"]: client.get(link["url"]).raise_for_status().content for link in job["results"]}
-
-
-def _summary(job: dict[str, Any], upload: Path) -> dict[str, Any]:
+def run_job(client: Client, path: Path, separation: str, folder: Path) -> dict[str, Any]:
+    """Upload `path` with stemscribe's own client, follow it (SSE) and download its results under `folder`.
+    Upload to succeeded is the job's `finished_at` less the moment the upload began (one clock, one
+    machine), so it does not depend on how often the client hears of the job."""
+    began, started = datetime.now(UTC), time.monotonic()
+    accepted = client.submit(path, separation=separation)
+    to_202 = time.monotonic() - started
+    job = client.wait(accepted.job_id)
+    if job.status != "succeeded" or job.finished_at is None:
+        raise RuntimeError(f"job {job.job_id} {job.status}: {job.error}")
+    client.download(job, folder / job.job_id)
     return {
-        "upload": upload.name, "bytes": upload.stat().st_size, "cache_hit": job["cache_hit"],
-        "upload_to_202_s": job["upload_to_202_s"], "upload_to_succeeded_s": job["upload_to_succeeded_s"],
-        "stage_seconds": job["stage_seconds"],
+        "upload": path.name, "bytes": path.stat().st_size, "job_id": job.job_id, "cache_hit": job.cache_hit,
+        "upload_to_202_s": round(to_202, 3),
+        "upload_to_succeeded_s": round((job.finished_at - began).total_seconds(), 3),
+        "stage_seconds": job.stage_seconds,
     }  # fmt: skip
 
 
-def measure(url: str, uploads: dict[str, Path], separation: str, at_once: int) -> dict[str, Any]:
-    with httpx.Client(base_url=url, timeout=1800) as client:
-        first = run_job(client, uploads["mp3"], separation)
+def results(folder: Path, job: dict[str, Any]) -> dict[str, bytes]:
+    root = folder / job["job_id"]
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def measure(url: str, uploads: dict[str, Path], separation: str, at_once: int, folder: Path) -> dict[str, Any]:
+    with Client(url, timeout=1800) as client:
+        first = run_job(client, uploads["mp3"], separation, folder)
         logger.info("first job: %.2f s (computed)", first["upload_to_succeeded_s"])
-        reference = results(client, first)
+        reference = results(folder, first)
         again: dict[str, Any] = {}
         for name in ("retagged", "float_wav"):
-            job = run_job(client, uploads[name], separation)
-            files = results(client, job)
+            job = run_job(client, uploads[name], separation, folder)
+            files = results(folder, job)
             again[name] = {
-                **_summary(job, uploads[name]),
+                **job,
                 "transcription_mid_identical": files.get("transcription.mid") == reference["transcription.mid"],
                 "all_results_identical": files == reference,
             }
@@ -122,11 +114,11 @@ def measure(url: str, uploads: dict[str, Path], separation: str, at_once: int) -
 
         started = time.monotonic()
         with ThreadPoolExecutor(at_once) as pool:
-            jobs = list(pool.map(lambda _: run_job(client, uploads["short"], separation), range(at_once)))
+            jobs = list(pool.map(lambda _: run_job(client, uploads["short"], separation, folder), range(at_once)))
         makespan = time.monotonic() - started
-        midis = {results(client, job)["transcription.mid"] for job in jobs}
+    midis = {results(folder, job)["transcription.mid"] for job in jobs}
     return {
-        "first": _summary(first, uploads["mp3"]),
+        "first": first,
         "again": again,
         "at_once": {
             "uploads": at_once, "computed": sum(not job["cache_hit"] for job in jobs),
@@ -147,6 +139,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"separation={report['separation']}, a {report['seconds']:g} s rendered piece as MP3. "
         f"{report['note']}",
         "",
+        "Upload → succeeded: the job's `finished_at` less the moment its upload began.",
+        "",
         "| upload | bytes | cache hit | upload → 202 (s) | upload → succeeded (s) | transcription.mid identical | "
         "all results identical |",
         "|---|---|---|---|---|---|---|",
@@ -162,8 +156,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"{crowd['uploads']} identical uploads of a {report['short_seconds']:g} s piece at once: "
         f"{crowd['computed']} computed, {crowd['cache_hits']} cache hits, {crowd['distinct_transcription_mid']} "
-        f"distinct transcription.mid; all done in {crowd['all_done_s']} s "
-        f"(per job: {', '.join(f'{s:g}' for s in crowd['upload_to_succeeded_s'])} s).",
+        f"distinct transcription.mid; all followed and downloaded {crowd['all_done_s']} s after the first upload "
+        f"began (upload to succeeded per job: {', '.join(f'{s:g}' for s in crowd['upload_to_succeeded_s'])} s).",
         "",
     ]
     return "\n".join(lines)
@@ -190,13 +184,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "demucs_model_dir": str(folder / "models"), "result_cache": True,
         }  # fmt: skip
         with local_service(settings) as url:
-            measured = measure(url, uploads, args.separation, args.at_once)
+            measured = measure(url, uploads, args.separation, args.at_once, folder / "downloads")
 
     report = {
         "date": datetime.now(UTC).date().isoformat(),
         "machine": machine(),
         "commit": git_commit(),
-        "command": "python -m benchmarks.cache " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": " ".join(["python -m benchmarks.cache", *(argv if argv is not None else sys.argv[1:])]),
         "separation": args.separation,
         "seconds": args.seconds,
         "short_seconds": args.short_seconds,

@@ -35,7 +35,8 @@ class AudioInfo:
     frames: int
     # SHA-256 of the decoded samples (float32, interleaved), the rate and the channel count: the same
     # for the same audio in another container or with other tags, which is what the result cache keys on.
-    samples_sha256: str
+    # Taken by `probe` (the ingress); None from a decode that did not ask for it.
+    samples_sha256: str | None
 
     @property
     def duration_seconds(self) -> float:
@@ -83,7 +84,8 @@ DEFAULT_MAX_DECODED_BYTES = 1_000_000_000
 
 
 def _decode(
-    path: Path, max_duration_seconds: float, keep: bool, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
+    path: Path, max_duration_seconds: float, keep: bool, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+    digest: Any = None,
 ) -> tuple[AudioInfo, np.ndarray | None]:
     if path.stat().st_size == 0:
         raise EmptyUpload("The uploaded file is empty.")
@@ -94,7 +96,6 @@ def _decode(
         )
     chunks: list[np.ndarray] = []
     frames = 0
-    digest = hashlib.sha256()
     try:
         with av.open(str(path), format=container_format, mode="r") as container:
             if not container.streams.audio:
@@ -138,23 +139,27 @@ def _decode(
         ) from exc
     if frames == 0:
         raise UnsupportedAudio("The file contains no audio samples.")
-    digest.update(f"|{sample_rate}|{channels}".encode())
-    info = AudioInfo(container_format, sample_rate, channels, frames, digest.hexdigest())
+    if digest is not None:
+        digest.update(f"|{sample_rate}|{channels}".encode())
+    info = AudioInfo(container_format, sample_rate, channels, frames, None if digest is None else digest.hexdigest())
     samples = np.concatenate(chunks, axis=1).astype(np.float32, copy=False) if keep else None
     return info, samples
 
 
 def _consume(planar: np.ndarray, digest: Any, chunks: list[np.ndarray] | None) -> None:
-    """Hash one decoded frame, (channels, samples) float32, and keep it if asked. Hashed interleaved, so
+    """Hash one decoded frame, (channels, samples) float32, and keep it, as asked. Hashed interleaved, so
     the digest does not depend on how the container cut the stream into frames."""
-    digest.update(np.ascontiguousarray(planar.T, dtype=np.float32).tobytes())
+    if digest is not None:
+        digest.update(np.ascontiguousarray(planar.T, dtype=np.float32))
     if chunks is not None:
         chunks.append(planar)
 
 
 def probe(path: Path, max_duration_seconds: float, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> AudioInfo:
-    """Decode the whole file without keeping it: proves it is readable audio within the limits."""
-    info, _ = _decode(path, max_duration_seconds, keep=False, max_decoded_bytes=max_decoded_bytes)
+    """Decode the whole file without keeping it: proves it is readable audio within the limits, and hashes
+    the samples on the way (`AudioInfo.samples_sha256`)."""
+    info, _ = _decode(path, max_duration_seconds, keep=False, max_decoded_bytes=max_decoded_bytes,
+                      digest=hashlib.sha256())  # fmt: skip
     return info
 
 
