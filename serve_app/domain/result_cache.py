@@ -8,11 +8,13 @@ as some job holds it, and deleting or expiring one job (its own files only) neve
 a key is taken under a lock on that key (a PostgreSQL transaction advisory lock; SQLite's write lock, by
 `BEGIN IMMEDIATE`), and the row's primary key makes a second claim impossible even without it:
 
-- a job that holds the result: reuse it (the asking job will hold it too once it succeeds);
-- else a job computing it that still holds a live lease: wait for it;
-- else this job computes it, and takes the row over from a computer that died, failed or was canceled.
-  A job taken over is no longer filed under the key: should it finish after all (a worker whose lease ran
-  out and came back), its files stay its own and the key keeps one result.
+- a job that holds the result: reuse it (the asking job is filed under the key while it copies, and holds
+  the result once it succeeds);
+- else another job at work on the key under a live lease (computing it, or copying it from a holder that
+  has just gone): wait for it;
+- else this job computes it, taking the row over from a computer that died, failed or was canceled. Jobs
+  taken over are no longer filed under the key: should one finish after all (a worker whose lease ran out
+  and came back), its files stay its own and the key keeps one result.
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ class ResultCache:
         elif self.engine.dialect.name == "postgresql":
             # 32 bits of the key as a signed int4; two keys that share them only wait for each other.
             session.execute(
-                text("SELECT pg_advisory_xact_lock(:cls, :key)"), {"cls": _LOCK_CLASS, "key": int(key[:8], 16) - 2**31}
+                text("SELECT pg_advisory_xact_lock(CAST(:cls AS integer), CAST(:key AS integer))"),
+                {"cls": _LOCK_CLASS, "key": int(key[:8], 16) - 2**31},
             )
         else:  # pragma: no cover - stemscribe runs on SQLite or PostgreSQL
             raise NotImplementedError(self.engine.dialect.name)
@@ -89,14 +92,16 @@ class ResultCache:
         return session.scalars(query).first()
 
     @staticmethod
-    def _computing(session: Session, job_id: str) -> bool:
-        """Whether `job_id` is at work on its result now: unfinished, not canceled or deleted, and under a
-        lease that has not run out (a dead worker's job is not waited for)."""
+    def _producer(session: Session, key: str, job_id: str) -> str | None:
+        """Another job at work on `key`'s result now (computing it, or copying it from a holder):
+        unfinished, not canceled or deleted, and under a lease that has not run out (a dead worker's job is
+        not waited for)."""
         query = select(JobRow.id).where(
-            JobRow.id == job_id, JobRow.status.in_(UNFINISHED), JobRow.lease_owner.is_not(None),
-            JobRow.lease_expires_at > utcnow(), JobRow.cancel_requested.is_(False), JobRow.deleted_at.is_(None),
-        )  # fmt: skip
-        return session.scalar(query) is not None
+            JobRow.cache_key == key, JobRow.id != job_id, JobRow.status.in_(UNFINISHED),
+            JobRow.lease_owner.is_not(None), JobRow.lease_expires_at > utcnow(),
+            JobRow.cancel_requested.is_(False), JobRow.deleted_at.is_(None),
+        ).limit(1)  # fmt: skip
+        return session.scalar(query)
 
     def holder(self, key: str) -> JobRow | None:
         """A job holding `key`'s result, if any (a read: nothing is claimed)."""
@@ -117,15 +122,21 @@ class ResultCache:
                     .values(hits=ResultCacheRow.hits + 1, updated_at=now)
                 )  # fmt: skip
                 return Reuse(holder)
+            producer = self._producer(session, key, job_id)
+            if producer is not None:
+                # A waiter is not filed under the key: only jobs at work on it are waited for.
+                session.execute(update(JobRow).where(JobRow.id == job_id).values(cache_key=None))
+                return Wait(producer)
+            # Unfinished jobs still filed under the key are dead (their leases ran out) or stopped: should one
+            # finish after all, its files stay its own.
+            session.execute(
+                update(JobRow).where(JobRow.cache_key == key, JobRow.id != job_id, JobRow.status.in_(UNFINISHED))
+                .values(cache_key=None)
+            )  # fmt: skip
             entry = session.get(ResultCacheRow, key)
             if entry is None:
                 session.add(ResultCacheRow(cache_key=key, job_id=job_id, hits=0, created_at=now, updated_at=now))
             elif entry.job_id != job_id:
-                if self._computing(session, entry.job_id):
-                    return Wait(entry.job_id)
-                session.execute(
-                    update(JobRow).where(JobRow.id == entry.job_id, JobRow.cache_key == key).values(cache_key=None)
-                )
                 logger.info("job %s takes result %s over from job %s", job_id, key[:12], entry.job_id)
                 entry.job_id, entry.updated_at = job_id, now
             session.execute(update(JobRow).where(JobRow.id == job_id).values(cache_key=key))
@@ -161,7 +172,7 @@ class ResultCache:
             with self._session() as session, session.begin():
                 self._lock(session, key)
                 entry = session.get(ResultCacheRow, key)
-                if entry is None or self._holder(session, key, ()) is not None or self._computing(session, entry.job_id):
+                if entry is None or self._holder(session, key, ()) is not None or self._producer(session, key, ""):
                     continue
                 session.delete(entry)
                 removed += 1

@@ -273,6 +273,24 @@ def test_identical_jobs_at_once_compute_once_and_share_one_result(world: _World)
     asyncio.run(scenario())
 
 
+def test_a_cache_hit_does_not_queue_behind_computations(world: _World) -> None:
+    async def scenario() -> None:
+        tracker = await world.tracker(max_concurrent_jobs=1)
+        done = await world.finished(tracker, _job())
+        world.models.hold.clear()
+        busy = await tracker.submit(_job(song="99" * 32))  # takes the one slot, and keeps it
+        waiting = await tracker.submit(_job(song="98" * 32))
+        await _until(lambda: world.row(busy).status == "running")
+        hit = await world.finished(tracker, _job())
+        assert hit.cache_hit and world.midi(hit.id) == world.midi(done.id)
+        assert (world.row(busy).status, world.row(waiting).status) == ("running", "queued")
+        world.models.hold.set()
+        await _until(lambda: all(world.row(j).status == "succeeded" for j in (busy, waiting)))
+        await tracker.stop()
+
+    asyncio.run(scenario())
+
+
 def test_models_that_change_during_a_computation_file_nothing(world: _World) -> None:
     async def scenario() -> None:
         tracker = await world.tracker()
@@ -335,6 +353,26 @@ def test_one_computes_a_key_the_others_wait_and_a_dead_computer_is_taken_over(da
     repo.finish(b, 1, JobStatus.SUCCEEDED)
     decision = cache.begin(KEY, a)
     assert isinstance(decision, Reuse) and decision.holder.id == b
+    repo.dispose()
+
+
+def test_a_job_copying_a_result_whose_holder_goes_is_waited_for_and_computes_it(database_url: str) -> None:
+    """Never two results for one key: while a job copies from a holder that is then deleted, an identical
+    job waits for the copier (which either finishes the copy or computes) instead of computing beside it."""
+    repo = JobRepository(database_url)
+    upgrade_schema(repo)
+    cache = ResultCache(repo)
+    holder, copier, later = _insert(repo), _insert(repo), _insert(repo)
+    assert repo.claim(holder, 0, "tracker", 30) and cache.begin(KEY, holder) == Compute()
+    repo.finish(holder, 1, JobStatus.SUCCEEDED)
+    assert repo.claim(copier, 0, "tracker", 30) and repo.claim(later, 0, "tracker", 30)
+    reuse = cache.begin(KEY, copier)
+    assert isinstance(reuse, Reuse) and reuse.holder.id == holder
+    repo.mark_deleted(holder)  # deleted under the copy
+    assert cache.begin(KEY, later) == Wait(copier)
+    cache.forget(KEY, holder)
+    assert cache.begin(KEY, copier, [holder]) == Compute()  # its copy failed: it computes
+    assert cache.begin(KEY, later) == Wait(copier)
     repo.dispose()
 
 
