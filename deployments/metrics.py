@@ -64,7 +64,7 @@ def _defined() -> dict[str, Any]:
         ),
         "cache": Counter(
             "stemscribe_cache_lookups",
-            "Jobs the result cache was asked about, by result: hit (the job got a copy of a finished job's "
+            "Attempts that asked the result cache, by result: hit (the job got a copy of a finished job's "
             "files, maybe after waiting for it), miss (the job computed its results).",
             tag_keys=("result", "separation"),
         ),
