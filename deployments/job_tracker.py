@@ -32,6 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from deployments import metrics
 from serve_app.domain.api_keys import ApiKeys
+from serve_app.domain.cached_pipeline import CachedPipeline
 from serve_app.domain.db import AdmissionLimits, JobRepository, JobRow, utcnow
 from serve_app.domain.errors import (
     BadInput,
@@ -136,6 +137,7 @@ class JobTracker:
         self.repo = JobRepository(settings.database_url.get_secret_value())  # lazy: connects on first use
         self.storage = storage_from_settings(settings)
         self.pipeline = JobPipeline(self.storage, separation, transcription, self.repo)
+        self.cached = CachedPipeline(self.pipeline, self.repo, settings, on_lookup=metrics.cache_lookup)
         self.owner = f"tracker-{uuid.uuid4().hex[:12]}"
         secret = settings.webhook_secret
         self.webhooks = (
@@ -146,6 +148,8 @@ class JobTracker:
         )  # fmt: skip
         self._attempts: dict[str, _Attempt] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._express: set[str] = set()  # jobs served from the result cache without a slot (`_serve_cached`)
+        self._probes: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._schema_task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
@@ -169,7 +173,7 @@ class JobTracker:
         so the tracker that replaces this one (a redeploy) resumes them from their finished stages. A lease
         that cannot be given back (database away) runs out instead, with the same result."""
         self._stopping = True
-        for loop in [*self._loops, self._schema_task]:
+        for loop in [*self._loops, self._schema_task, *self._probes]:
             if loop is not None:
                 loop.cancel()
         attempts = list(self._attempts.values())
@@ -249,7 +253,27 @@ class JobTracker:
         bind_job(row.id)
         metrics.job_submitted(row.options)
         logger.info("job %s queued", row.id)
+        probe = asyncio.create_task(self._serve_cached(row))
+        self._probes.add(probe)
+        probe.add_done_callback(self._probes.discard)
         return row.id
+
+    async def _serve_cached(self, row: JobRow) -> None:
+        """A job whose result a finished job holds needs no model: it is taken at once, beside the slots,
+        instead of waiting in the queue behind computations. Anything else waits for the claim loop."""
+        try:
+            options = JobOptions.model_validate(row.options)
+            if self._stopping or not await self.cached.ready_result(row, options):
+                return
+            if not await asyncio.to_thread(self.repo.claim, row.id, 0, self.owner, self.settings.lease_seconds):
+                return  # the claim loop took it first
+        except Exception:  # the claim loop takes the job up instead
+            logger.warning("job %s: not served from the cache at once", row.id, exc_info=True)
+            return
+        if self._stopping:  # claimed while the tracker began to stop: the next one serves it
+            await asyncio.to_thread(self.repo.release, row.id, 1, HANDED_OVER, 0.0)
+            return
+        self._start(_Attempt(self, row.id, options, 1, None, 0.0), express=True)
 
     async def cancel(self, job_id: str) -> None:
         await asyncio.to_thread(self.repo.cancel, job_id)
@@ -297,7 +321,7 @@ class JobTracker:
         return True
 
     async def _claim(self) -> None:
-        free = self.settings.max_concurrent_jobs - len(self._tasks)
+        free = self.settings.max_concurrent_jobs - (len(self._tasks) - len(self._express))
         if free <= 0 or self._stopping:
             return
         rows = await asyncio.to_thread(self.repo.claimable, utcnow(), free + len(self._tasks))
@@ -322,11 +346,15 @@ class JobTracker:
             ):
                 continue  # another tracker took it
             options = JobOptions.model_validate(row.options)
-            attempt = _Attempt(self, row.id, options, row.attempts + 1, row.stems, row.progress,
-                               stage_seconds=dict(row.stage_seconds or {}))  # fmt: skip
-            self._attempts[row.id] = attempt
-            self._tasks[row.id] = asyncio.create_task(self._run(attempt, options))
+            self._start(_Attempt(self, row.id, options, row.attempts + 1, row.stems, row.progress,
+                                 stage_seconds=dict(row.stage_seconds or {})))  # fmt: skip
             free -= 1
+
+    def _start(self, attempt: _Attempt, express: bool = False) -> None:
+        self._attempts[attempt.job_id] = attempt
+        if express:
+            self._express.add(attempt.job_id)
+        self._tasks[attempt.job_id] = asyncio.create_task(self._run(attempt, attempt.options))
 
     async def _heartbeat(self, attempt: _Attempt) -> None:
         interval = self.settings.lease_seconds / 3
@@ -349,12 +377,12 @@ class JobTracker:
         logger.info("job %s: attempt %d (%s)", job_id, attempt.number, options.separation.value)
         heartbeat = asyncio.create_task(self._heartbeat(attempt))
         try:
-            output = await self.pipeline.run(job_id, options, attempt)
+            output = await self.cached.run(job_id, options, attempt)
             await self._finish(
                 attempt, JobStatus.SUCCEEDED, stage=Stage.DONE.value, progress=100.0,
-                results=output.results, analysis=output.analysis,
+                results=output.results, analysis=output.analysis, cache_hit=output.cache_hit,
             )  # fmt: skip
-            logger.info("job %s succeeded", job_id)
+            logger.info("job %s succeeded%s", job_id, " (cache hit)" if output.cache_hit else "")
         except Exception as exc:
             try:
                 await self._failed(attempt, exc)
@@ -366,6 +394,7 @@ class JobTracker:
             await self._remove_temporaries(attempt)
             self._tasks.pop(job_id, None)
             self._attempts.pop(job_id, None)
+            self._express.discard(job_id)
             self._poke()
 
     async def _remove_temporaries(self, attempt: _Attempt) -> None:
@@ -448,6 +477,8 @@ class JobTracker:
                     await asyncio.to_thread(self.storage.delete_prefix, JobKeys(job_id).prefix)
                     await asyncio.to_thread(self.repo.mark_expired, job_id)
                     logger.info("job %s expired; its files were removed", job_id)
+                # Keys whose last holder was deleted or expired.
+                await asyncio.to_thread(self.cached.cache.sweep)
             except Exception:
                 logger.warning("retention cleanup failed", exc_info=True)
             await asyncio.sleep(self.settings.cleanup_interval_seconds)

@@ -61,6 +61,12 @@ def _defined() -> dict[str, Any]:
             "retried, or failed as internal once its attempts are used up).",
             tag_keys=("separation",),
         ),
+        "cache": Counter(
+            "stemscribe_cache_lookups",
+            "Attempts that asked the result cache, by result: hit (the job got a copy of a finished job's "
+            "files, maybe after waiting for it), miss (the job computed its results).",
+            tag_keys=("result", "separation"),
+        ),
         "stage": Histogram(
             "stemscribe_stage_seconds",
             "Seconds an attempt spent in a stage (decoding, separating, transcribing, packaging).",
@@ -128,6 +134,10 @@ def job_failed(reason: str, options: Any) -> None:
 
 def attempt_released(options: Any) -> None:
     _record("released", "inc", 1, {"separation": _mode(options)})
+
+
+def cache_lookup(hit: bool, options: Any) -> None:
+    _record("cache", "inc", 1, {"result": "hit" if hit else "miss", "separation": _mode(options)})
 
 
 def stage_finished(stage: Any, seconds: float, options: Any) -> None:

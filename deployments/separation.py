@@ -14,6 +14,7 @@ from typing import Any
 import ray
 
 from deployments import metrics
+from deployments.fingerprints import separation_fingerprint
 from deployments.progress import CancelCheck, TrackerReporter
 from music.engines.beat_tracker import BeatTracker
 from music.engines.hpss import hpss_stems
@@ -83,6 +84,11 @@ class Separation:
             "autocast": str(engine.autocast_dtype).removeprefix("torch.") if engine.autocast_dtype else "none",
             "error": engine.error,
         }
+
+    async def fingerprint(self, mode: str) -> dict[str, Any]:
+        """What this replica's stems for a `mode` job depend on (the result cache's key); the weights are
+        hashed once, in a thread, so this never waits for a separation."""
+        return await asyncio.to_thread(separation_fingerprint, self._engine().config, mode)
 
     async def prepare_stems(self, job_id: str, mode: str, attempt: int) -> list[str]:
         """Separate attempt `attempt`'s job and publish its stems and beats (`LeaseLost` if it no longer holds the job)."""

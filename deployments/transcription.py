@@ -18,11 +18,12 @@ from typing import Any
 import soundfile
 
 from deployments import metrics
+from deployments.fingerprints import transcription_fingerprint
 from deployments.progress import CancelCheck
 from music.engines.drum_net import DrumEngine, NetDrumTranscriber, make_drum_transcriber
 from music.engines.drums import DrumTranscriber
 from music.engines.threads import use_threads
-from music.engines.transcriber import BasicPitchTranscriber, TranscriptionConfig
+from music.engines.transcriber import BasicPitchTranscriber, TranscriptionConfig, bundled_onnx_model
 from music.notes import Note
 from music.presets import NoteParameters, is_pitched, preset_for
 from serve_app.domain.db import JobRepository
@@ -55,12 +56,13 @@ class Transcription:
         self.engine: BasicPitchTranscriber | None = None
         self.error: str | None = None
         self.model_path: Path | None = None  # the configured one; None: the model in basic-pitch's wheel
+        self.melodia_trick = TranscriptionConfig().melodia_trick
         self.drum_engine: DrumEngine = "net"
         self.drums: NetDrumTranscriber | DrumTranscriber = make_drum_transcriber(self.drum_engine)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         config = TranscriptionConfig.model_validate(user_config)
-        self.model_path = config.model_path
+        self.model_path, self.melodia_trick = config.model_path, config.melodia_trick
         use_threads(config.threads)
         if config.drum_engine != self.drum_engine:
             self.drum_engine, self.drums = config.drum_engine, make_drum_transcriber(config.drum_engine)
@@ -108,6 +110,11 @@ class Transcription:
             "backend": self.engine.backend if self.engine else None,
             "error": self.error,
         }
+
+    async def fingerprint(self) -> dict[str, Any]:
+        """What this replica's notes depend on (the result cache's key); model files are hashed once."""
+        model = self.model_path or bundled_onnx_model()
+        return await asyncio.to_thread(transcription_fingerprint, model, self.melodia_trick, self.drums)
 
     async def transcribe_stems(
         self, job_id: str, stems: list[str], requested: dict[str, Any], attempt: int

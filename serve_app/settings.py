@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     retry_after_seconds: int = Field(default=2, ge=1, description="Retry-After for polls and 503s")
     retention_seconds: float = Field(default=7 * 24 * 3600, gt=0)
     cleanup_interval_seconds: float = Field(default=600, gt=0)
+    # The result cache (serve_app/domain/cached_pipeline.py): a job whose decoded audio, result options and
+    # models equal a finished job's gets a copy of that job's files instead of a computation.
+    result_cache: bool = Field(default=True, description="Reuse the results of an identical finished job")
+    result_cache_across_owners: bool = Field(
+        default=True, description="Reuse another owner's results too (their files only, never their job records)"
+    )
 
     # Defaults for the separation/transcription `user_config`; a YAML `user_config` replaces them.
     demucs_model: str = "htdemucs"

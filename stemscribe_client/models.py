@@ -58,6 +58,7 @@ class Job(_Model):
     expired_at: datetime | None = None
     results: list[ResultLink] = Field(default_factory=list)
     analysis: MusicAnalysis | None = None
+    cache_hit: bool = Field(default=False, description="The results are a copy of an identical earlier job's")
     retry_after: float | None = Field(default=None, exclude=True, description="The answer's Retry-After, seconds")
 
     @property

@@ -57,6 +57,9 @@ class JobView(BaseModel):
     expired_at: datetime | None = Field(description="When retention removed the upload and results")
     results: list[ResultLink]
     analysis: MusicAnalysis | None = Field(description="Tempo, meter and key once the job has succeeded")
+    cache_hit: bool = Field(
+        description="The results are a copy of an earlier job's with the same decoded audio, options and models",
+    )
 
 
 class JobList(BaseModel):

@@ -50,7 +50,7 @@ async def submit(
                 "upload_name": display_name(file.filename), "upload_bytes": upload.size,
                 "duration_seconds": upload.info.duration_seconds, "sample_rate": upload.info.sample_rate,
                 "channels": upload.info.channels, "request_hash": request_hash, "owner": owner,
-                "idempotency_key": scoped_key,
+                "idempotency_key": scoped_key, "audio_sha256": upload.info.samples_sha256,
             }
         )  # fmt: skip
     except Exception as exc:

@@ -7,9 +7,11 @@ open other files or URLs, out of reach of an upload.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -31,6 +33,10 @@ class AudioInfo:
     sample_rate: int
     channels: int
     frames: int
+    # SHA-256 of the decoded samples (float32, interleaved), the rate and the channel count: the same
+    # for the same audio in another container or with other tags, which is what the result cache keys on.
+    # Taken by `probe` (the ingress); None from a decode that did not ask for it.
+    samples_sha256: str | None
 
     @property
     def duration_seconds(self) -> float:
@@ -78,7 +84,8 @@ DEFAULT_MAX_DECODED_BYTES = 1_000_000_000
 
 
 def _decode(
-    path: Path, max_duration_seconds: float, keep: bool, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
+    path: Path, max_duration_seconds: float, keep: bool, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+    digest: Any = None,
 ) -> tuple[AudioInfo, np.ndarray | None]:
     if path.stat().st_size == 0:
         raise EmptyUpload("The uploaded file is empty.")
@@ -119,12 +126,10 @@ def _decode(
                             raise DecodedTooLarge(
                                 f"The audio decodes to more than {max_decoded_bytes / 1e6:g} MB of samples."
                             )
-                        if keep:
-                            chunks.append(out.to_ndarray())
+                        _consume(out.to_ndarray(), digest, chunks if keep else None)
             for out in resampler.resample(None):
                 frames += out.samples
-                if keep:
-                    chunks.append(out.to_ndarray())
+                _consume(out.to_ndarray(), digest, chunks if keep else None)
     except (AudioTooLong, DecodedTooLarge, UnsupportedAudio, EmptyUpload):
         raise
     except Exception as exc:  # damaged input can fail deep inside FFmpeg or PyAV in many ways
@@ -134,14 +139,27 @@ def _decode(
         ) from exc
     if frames == 0:
         raise UnsupportedAudio("The file contains no audio samples.")
-    info = AudioInfo(container_format, sample_rate, channels, frames)
+    if digest is not None:
+        digest.update(f"|{sample_rate}|{channels}".encode())
+    info = AudioInfo(container_format, sample_rate, channels, frames, None if digest is None else digest.hexdigest())
     samples = np.concatenate(chunks, axis=1).astype(np.float32, copy=False) if keep else None
     return info, samples
 
 
+def _consume(planar: np.ndarray, digest: Any, chunks: list[np.ndarray] | None) -> None:
+    """Hash one decoded frame, (channels, samples) float32, and keep it, as asked. Hashed interleaved, so
+    the digest does not depend on how the container cut the stream into frames."""
+    if digest is not None:
+        digest.update(np.ascontiguousarray(planar.T, dtype=np.float32))
+    if chunks is not None:
+        chunks.append(planar)
+
+
 def probe(path: Path, max_duration_seconds: float, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> AudioInfo:
-    """Decode the whole file without keeping it: proves it is readable audio within the limits."""
-    info, _ = _decode(path, max_duration_seconds, keep=False, max_decoded_bytes=max_decoded_bytes)
+    """Decode the whole file without keeping it: proves it is readable audio within the limits, and hashes
+    the samples on the way (`AudioInfo.samples_sha256`)."""
+    info, _ = _decode(path, max_duration_seconds, keep=False, max_decoded_bytes=max_decoded_bytes,
+                      digest=hashlib.sha256())  # fmt: skip
     return info
 
 

@@ -91,6 +91,12 @@ class JobRow(Base):
     owner: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     # Music analysis (revision 0004): tempo, time signature and key of a succeeded job.
     analysis: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Result cache (revision 0007): the decoded upload's hash (from the ingress), the key the job's results
+    # are filed under once it succeeds (a succeeded job with a key holds that result: `result_cache`), and
+    # whether its files are a copy of another job's.
+    audio_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    cache_key: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    cache_hit: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
 
 
 class ApiKeyRow(Base):
@@ -127,6 +133,19 @@ class WebhookDeliveryRow(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ResultCacheRow(Base):
+    """One result cache key (revision 0007): the job that computes it, or last did. The primary key makes
+    the claim to compute a key unique; `serve_app.domain.result_cache` reads and writes it."""
+
+    __tablename__ = "result_cache"
+
+    cache_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(32))
+    hits: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 @dataclass(frozen=True)

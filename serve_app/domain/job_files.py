@@ -79,6 +79,10 @@ class JobFiles:
     def put_file(self, key: str, source: Path) -> None:
         self.storage.put_file(self._stage(key), source)
 
+    def copy(self, source: str, key: str) -> None:
+        """Stage a copy of the object `source` (another job's, say) as `key`; FileNotFoundError if it is gone."""
+        self.storage.copy(source, self._stage(key))
+
     def _stage(self, key: str) -> str:
         # Recorded before the write, so a write that fails half-way is removed by `discard` too.
         self._staged[key] = self.temporary(key)

@@ -37,11 +37,13 @@ class _Method(Protocol):
 class SeparationHandle(Protocol):
     prepare_stems: _Method
     status: _Method
+    fingerprint: _Method  # for the result cache (serve_app.domain.cached_pipeline)
 
 
 class TranscriptionHandle(Protocol):
     transcribe_stems: _Method
     status: _Method
+    fingerprint: _Method
 
 
 class AttemptContext(Protocol):
@@ -62,6 +64,7 @@ class AttemptContext(Protocol):
 class JobOutput:
     results: list[str]  # result names, as the results route serves them
     analysis: dict[str, Any]  # tempo, time signature and key, for the job view
+    cache_hit: bool = False  # the files are a copy of another job's (serve_app.domain.cached_pipeline)
 
 
 class JobPipeline:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -101,6 +102,13 @@ class StorageBackend(ABC):
         """Give `source`'s content the name `target` (replacing it) and remove `source`. Readers of `target`
         see the old object or the whole new one, never part of one. FileNotFoundError if `source` is missing."""
 
+    def copy(self, source: str, target: str) -> None:
+        """Give `target` the content of `source`, which stays; afterwards each is an object of its own, so
+        removing one never touches the other. FileNotFoundError if `source` is missing. This default goes
+        through a local file; the backends do better."""
+        with self.local_copy(source) as path:
+            self.put_file(target, path)
+
     @abstractmethod
     def delete_prefix(self, prefix: str) -> None: ...
 
@@ -160,6 +168,21 @@ class LocalStorage(StorageBackend):
         destination.parent.mkdir(parents=True, exist_ok=True)
         # One file system: a rename, atomic for readers.
         self.path(source).replace(destination)
+
+    def copy(self, source: str, target: str) -> None:
+        origin, destination = self.path(source), self.path(target)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        tmp = destination.with_name(destination.name + ".part")
+        tmp.unlink(missing_ok=True)
+        try:
+            # A second name for the same bytes: no copy, and removing either name leaves the other. Safe to
+            # share because no file here is ever written in place (every write is a new file, renamed).
+            os.link(origin, tmp)
+        except FileNotFoundError:
+            raise
+        except OSError:  # another file system under the root, or one without hard links
+            shutil.copyfile(origin, tmp)
+        tmp.replace(destination)
 
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self.path(prefix), ignore_errors=True)
@@ -313,13 +336,18 @@ class S3Storage(StorageBackend):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
     def move(self, source: str, target: str) -> None:
-        # S3 has no rename: a server-side copy (managed, so objects over 5 GB go in parts), then the delete.
-        # A PUT or copy replaces an object whole, so readers of `target` never see part of one.
+        # S3 has no rename: a server-side copy, then the delete. A PUT or copy replaces an object whole, so
+        # readers of `target` never see part of one.
+        self.copy(source, target)
+        with self._errors(source):
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(source))
+
+    def copy(self, source: str, target: str) -> None:
+        # A server-side copy (managed, so objects over 5 GB go in parts); no byte passes through stemscribe.
         with self._errors(source):
             self.client.copy(
                 {"Bucket": self.bucket, "Key": self._key(source)}, self.bucket, self._key(target), Config=self.transfer
             )
-            self.client.delete_object(Bucket=self.bucket, Key=self._key(source))
 
     def delete_prefix(self, prefix: str) -> None:
         with self._errors(prefix):

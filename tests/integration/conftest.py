@@ -96,6 +96,9 @@ def deploy(
     injecting subclass, say); wait until the model is no longer loading and, unless the test keeps the
     database away, until the job tracker has migrated the schema and seeded the API keys."""
     settings.setdefault("auth_required", False)  # tests/integration/test_security.py turns it on
+    # Most tests upload one song many times and mean each upload to run the models; the result cache's
+    # own tests (test_result_cache.py) turn it on.
+    settings.setdefault("result_cache", False)
     serve.run(build_application(Settings(**settings), separation_cls), name=APP_NAME, route_prefix="/")
     client = httpx.Client(base_url=serve_url, timeout=120)
     deadline = time.monotonic() + 180

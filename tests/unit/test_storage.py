@@ -333,3 +333,40 @@ def test_download_route_streams_redirects_or_answers_503_and_404(tmp_path: Path)
     storage.failure = FileNotFoundError("gone")
     missing = client.get(url)
     assert missing.status_code == 404 and missing.json()["code"] == "result_not_found"
+
+
+# --- copies (the result cache): each copy is an object of its own ---------------------------------------
+
+
+def _copies_are_independent(storage: object) -> None:
+    from serve_app.domain.storage import StorageBackend
+
+    assert isinstance(storage, StorageBackend)
+    first, second = JobKeys(JOB), JobKeys("e" * 32)
+    storage.put_bytes(first.result("transcription.mid"), b"MThd one")
+    storage.copy(first.result("transcription.mid"), second.result("transcription.mid"))
+    assert storage.get_bytes(second.result("transcription.mid")) == b"MThd one"
+    storage.put_bytes(first.result("transcription.mid"), b"MThd two")  # a new object under the first name
+    assert storage.get_bytes(second.result("transcription.mid")) == b"MThd one"
+    storage.delete_prefix(first.prefix)
+    assert storage.get_bytes(second.result("transcription.mid")) == b"MThd one"
+    with pytest.raises(FileNotFoundError):
+        storage.copy(first.result("transcription.mid"), second.result("again.mid"))
+
+
+def test_a_local_copy_is_a_hard_link_that_survives_the_original(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "store")
+    _copies_are_independent(storage)
+    keys = JobKeys("e" * 32)
+    storage.put_bytes(JobKeys(JOB).stem("bass"), b"RIFF")
+    storage.copy(JobKeys(JOB).stem("bass"), keys.stem("bass"))
+    assert storage.path(keys.stem("bass")).stat().st_nlink == 2  # no second copy of the bytes on disk
+
+
+def test_an_s3_copy_is_a_server_side_copy_that_survives_the_original(aws_env) -> None:
+    moto = pytest.importorskip("moto")
+    import boto3
+
+    with moto.mock_aws():
+        boto3.client("s3").create_bucket(Bucket="songs")
+        _copies_are_independent(_s3())

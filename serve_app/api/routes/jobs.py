@@ -44,7 +44,7 @@ def job_view(request: Request, row: JobRow) -> JobView:
         options=row.options, upload_name=row.upload_name, duration_seconds=row.duration_seconds,
         created_at=as_utc(row.created_at), updated_at=as_utc(row.updated_at), started_at=as_utc(row.started_at),
         finished_at=as_utc(row.finished_at), error=row.error, stage_seconds=row.stage_seconds or {},
-        attempts=row.attempts, expired_at=as_utc(row.expired_at), results=links,
+        attempts=row.attempts, expired_at=as_utc(row.expired_at), results=links, cache_hit=bool(row.cache_hit),
         analysis=MusicAnalysis.model_validate(row.analysis) if row.analysis and links else None,
     )  # fmt: skip
 
