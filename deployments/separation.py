@@ -16,7 +16,7 @@ import ray
 
 from deployments import metrics
 from deployments.progress import CancelCheck, TrackerReporter
-from music.engines.beat_tracker import BeatTracker
+from music.engines.beat_tracker import BeatTracker, BeatTrackerConfig
 from music.engines.hpss import hpss_stems
 from music.engines.separator import DemucsSeparator, ModelState, SeparationConfig
 from music.engines.threads import use_threads
@@ -48,7 +48,10 @@ class Separation:
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         config = _with_gpu_share(SeparationConfig.model_validate(user_config))
         use_threads(config.threads)
-        if self.engine is not None and self.engine.config == config:
+        if config.downbeat_model != self.beat_tracker.config.downbeat_model:
+            self.beat_tracker = BeatTracker(BeatTrackerConfig(downbeat_model=config.downbeat_model))
+        # The beat tracker's model is not Demucs' business: changing it alone reloads nothing.
+        if self.engine is not None and self.engine.config.model_copy(update={"downbeat_model": config.downbeat_model}) == config:
             return
         self.engine = self.engine_cls(config)
         # Loading (maybe downloading) runs beside the replica so it starts and can say what is missing.
