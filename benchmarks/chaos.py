@@ -492,8 +492,9 @@ def service_settings(database_url: str, data_dir: Path, model_dir: Path, model: 
 
 
 def main() -> None:
+    from benchmarks.pieces import melody
+    from benchmarks.render import render
     from music.engines.demucs_models import DEFAULT_TEST_MODEL, write_random_htdemucs
-    from tests.music import melody, render
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 import pretty_midi
 
-from tests.music import render, soundfont
+from benchmarks.pieces import soundfont
+from benchmarks.render import render
 
 logger = logging.getLogger(__name__)
 

@@ -114,6 +114,17 @@ def wait_until_ready(url: str, timeout: float = 600.0) -> dict[str, Any]:
             time.sleep(0.5)
 
 
+def redeploy(url: str, settings: dict[str, Any], user_configs: dict[str, dict[str, Any]] | None = None) -> None:
+    """Deploy (or deploy again) the application on the running local Serve, with `user_configs` replacing
+    fields of the deployments' user_config; returns once no model is loading."""
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    serve.run(build_app({"auth_required": False, **settings}, user_configs), name=APP_NAME, route_prefix="/")
+    wait_until_ready(url)
+
+
 @contextlib.contextmanager
 def local_service(settings: dict[str, Any], *, num_cpus: int | None = None) -> Iterator[str]:
     """Start Ray, Serve and the app with `settings` (Settings fields); yield its base URL; stop it all.
@@ -122,8 +133,6 @@ def local_service(settings: dict[str, Any], *, num_cpus: int | None = None) -> I
     """
     import ray
     from ray import serve
-
-    from serve_app.app import build_app
 
     cuda = has_cuda()
     # Logical CPUs: the three replicas ask for 2.25 between them, more than a 2-core machine has,
@@ -138,9 +147,8 @@ def local_service(settings: dict[str, Any], *, num_cpus: int | None = None) -> I
     try:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app({"auth_required": False, **settings}), name=APP_NAME, route_prefix="/")
         url = f"http://127.0.0.1:{port}"
-        wait_until_ready(url)
+        redeploy(url, settings)
         logger.info("service up at %s", url)
         yield url
     finally:

@@ -32,8 +32,9 @@ import numpy as np
 import pretty_midi
 import soundfile
 
+from benchmarks.pieces import TIMGM6MB
+from benchmarks.render import render
 from music.engines.drums import TEMPLATE_NAMES, TEMPLATES_PATH, DrumConfig, DrumTemplates, band_spectrogram
-from tests.music import TIMGM6MB, render
 
 logger = logging.getLogger(__name__)
 

@@ -32,7 +32,8 @@ from typing import Protocol
 import mir_eval
 import numpy as np
 
-from music.drum_kit import HIHAT_CLOSED, HIHAT_OPEN, KICK, SNARE, drum_class
+from music.drum_kit import HIHAT_CLOSED, HIHAT_OPEN, KICK, SNARE
+from music.drum_kit import drum_onsets as kit_onsets
 
 logger = logging.getLogger(__name__)
 
@@ -179,8 +180,8 @@ def meter_correct(reference: str, estimate: str | None) -> bool:
 
 
 def drum_onsets(notes: Iterable[TimedNote], score_class: str) -> np.ndarray:
-    members = _DRUM_MEMBERS[score_class]
-    return np.sort(np.array([float(n.start) for n in notes if drum_class(n.pitch) in members], dtype=float))
+    """Onset times of a scored class ("hihat": closed and open together)."""
+    return kit_onsets(notes, _DRUM_MEMBERS[score_class])
 
 
 def onset_prf(reference: np.ndarray, estimate: np.ndarray, window: float = DRUM_WINDOW_S) -> PRF | None:

@@ -43,8 +43,9 @@ import httpx
 import yaml
 
 from benchmarks.local_service import free_port, processes_naming, wait_until_ready
+from benchmarks.pieces import ensemble
+from benchmarks.render import render
 from music.engines.demucs_models import write_random_htdemucs
-from tests.music import ensemble, render
 
 logger = logging.getLogger("benchmarks.speed")
 ROOT = Path(__file__).resolve().parents[1]

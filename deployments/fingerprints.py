@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from music.engines.downbeats import MODEL_PATH as DOWNBEAT_MODEL_PATH
 from music.engines.drum_net import WEIGHTS_PATH, NetDrumTranscriber
 from music.engines.drums import TEMPLATES_PATH, DrumTranscriber
 from music.engines.separator import SeparationConfig
@@ -66,9 +67,14 @@ def demucs_weight_files(folder: Path, name: str) -> list[Path]:
 
 def separation_fingerprint(config: SeparationConfig, mode: str) -> dict[str, Any]:
     """What the separation replica's stems and beats depend on, for a job with separation `mode`."""
-    found: dict[str, Any] = {"mode": mode, "libraries": library_versions("librosa", "numpy", "scipy")}
+    # Every mode tracks beats, and the downbeats come from a trained model file.
+    downbeats = config.downbeat_model or DOWNBEAT_MODEL_PATH
+    found: dict[str, Any] = {
+        "mode": mode, "libraries": library_versions("librosa", "numpy", "scipy"),
+        "downbeats": file_sha256(downbeats) if downbeats.is_file() else "missing",
+    }  # fmt: skip
     if mode != "demucs":
-        return found  # none and hpss use no model: stemscribe's code and librosa decide
+        return found  # none and hpss use no separation model: stemscribe's code and librosa decide
     demucs: dict[str, Any] = {
         "model": config.model, "segment": config.segment, "overlap": config.overlap, "shifts": config.shifts,
         "libraries": library_versions("demucs", "torch"),

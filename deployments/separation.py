@@ -16,7 +16,7 @@ import ray
 from deployments import metrics
 from deployments.fingerprints import separation_fingerprint
 from deployments.progress import CancelCheck, TrackerReporter
-from music.engines.beat_tracker import BeatTracker
+from music.engines.beat_tracker import BeatTracker, BeatTrackerConfig
 from music.engines.hpss import hpss_stems
 from music.engines.separator import DemucsSeparator, ModelState, SeparationConfig
 from music.engines.threads import use_threads
@@ -48,7 +48,10 @@ class Separation:
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         config = _with_gpu_share(SeparationConfig.model_validate(user_config))
         use_threads(config.threads)
-        if self.engine is not None and self.engine.config == config:
+        if config.downbeat_model != self.beat_tracker.config.downbeat_model:
+            self.beat_tracker = BeatTracker(BeatTrackerConfig(downbeat_model=config.downbeat_model))
+        # The beat tracker's model is not Demucs' business: changing it alone reloads nothing.
+        if self.engine is not None and self.engine.config.model_copy(update={"downbeat_model": config.downbeat_model}) == config:
             return
         self.engine = self.engine_cls(config)
         # Loading (maybe downloading) runs beside the replica so it starts and can say what is missing.
@@ -137,8 +140,9 @@ class Separation:
                     path = Path(folder) / f"{name}.wav"
                     audio.write_wav(path, samples, mix.sample_rate)
                     files.put_file(keys.stem(name), path)
-            # The beats go last: a later attempt reuses the stems only when the beats are there too.
             files.put_bytes(keys.beats, json.dumps(grid.to_json()).encode())
+            # The stem names go last: a later attempt reuses the stems only when they are there.
+            files.put_bytes(keys.separated, json.dumps({"stems": list(stems)}).encode())
             files.publish()
         metrics.gpu_memory("Separation")
         return list(stems)

@@ -57,19 +57,21 @@ class Transcription:
         self.error: str | None = None
         self.model_path: Path | None = None  # the configured one; None: the model in basic-pitch's wheel
         self.melodia_trick = TranscriptionConfig().melodia_trick
-        self.drum_engine: DrumEngine = "net"
-        self.drums: NetDrumTranscriber | DrumTranscriber = make_drum_transcriber(self.drum_engine)
+        self.drum_engine: tuple[DrumEngine, Path | None] = ("net", None)
+        self.drums: NetDrumTranscriber | DrumTranscriber = make_drum_transcriber(*self.drum_engine)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         config = TranscriptionConfig.model_validate(user_config)
         self.model_path, self.melodia_trick = config.model_path, config.melodia_trick
         use_threads(config.threads)
-        if config.drum_engine != self.drum_engine:
-            self.drum_engine, self.drums = config.drum_engine, make_drum_transcriber(config.drum_engine)
+        if (config.drum_engine, config.drum_weights) != self.drum_engine:
+            self.drum_engine = (config.drum_engine, config.drum_weights)
+            self.drums = make_drum_transcriber(*self.drum_engine)
         if config.model_path is None or config.model_path.suffix == ".onnx":
             _without_tensorflow()
         # The drum engine is not basic-pitch's business: changing it alone reloads nothing.
-        if self.engine is not None and self.engine.config.model_copy(update={"drum_engine": config.drum_engine}) == config:
+        drums = {"drum_engine": config.drum_engine, "drum_weights": config.drum_weights}
+        if self.engine is not None and self.engine.config.model_copy(update=drums) == config:
             return
         try:
             self.engine = metrics.timed_load("basic_pitch", self.engine_cls, config)

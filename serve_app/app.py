@@ -89,16 +89,31 @@ def ingress_options(settings: Settings) -> dict[str, Any]:
             "graceful_shutdown_wait_loop_s": SHUTDOWN_WAIT_LOOP_S, "logging_config": serve_logging_config(settings)}
 
 
-def build_app(args: dict[str, Any] | None = None) -> Application:
-    """`args` are Settings fields (from the YAML's `args:`); the environment fills in the rest."""
-    return build_application(Settings(**(args or {})))
+def _with_user_config(options: dict[str, Any], user_config: dict[str, Any] | None) -> dict[str, Any]:
+    return options if not user_config else {**options, "user_config": {**options["user_config"], **user_config}}
 
 
-def build_application(settings: Settings, separation_cls: type[Separation] = Separation) -> Application:
+def build_app(args: dict[str, Any] | None = None, user_configs: dict[str, dict[str, Any]] | None = None) -> Application:
+    """`args` are Settings fields (from the YAML's `args:`); the environment fills in the rest.
+    `user_configs` (deployment name -> fields) is for benchmarks that swap an engine's files in place of
+    what a YAML `user_config` would do."""
+    return build_application(Settings(**(args or {})), user_configs=user_configs)
+
+
+def build_application(
+    settings: Settings,
+    separation_cls: type[Separation] = Separation,
+    user_configs: dict[str, dict[str, Any]] | None = None,
+) -> Application:
     """The application for `settings`. Tests bind a subclass of the separation deployment that fails on
     purpose (tests/integration/faults.py); production code has no fault hooks of its own."""
-    separation = serve.deployment(separation_cls, **separation_options(settings)).bind(settings)
-    transcription = serve.deployment(Transcription, **transcription_options(settings)).bind(settings)
+    user_configs = user_configs or {}
+    separation = serve.deployment(
+        separation_cls, **_with_user_config(separation_options(settings), user_configs.get("Separation"))
+    ).bind(settings)
+    transcription = serve.deployment(
+        Transcription, **_with_user_config(transcription_options(settings), user_configs.get("Transcription"))
+    ).bind(settings)
     tracker = serve.deployment(JobTrackerDeployment, **tracker_options(settings)).bind(
         settings, separation, transcription
     )

@@ -63,11 +63,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from music.engines.downbeats import BASE_FEATURES, MODEL_PATH, DownbeatModel, load_model
 from music.rhythm import BeatGrid
 
 logger = logging.getLogger(__name__)
@@ -106,6 +108,13 @@ class BeatTrackerConfig(BaseModel):
     max_tempo_ratio: float = Field(default=2.0, gt=1)  # of any interval to the median, either way
     # (e3 - e4) / (e3 + e4) that 3/4 needs (module docstring, step 5).
     meter_margin: float = Field(default=0.2, ge=0, le=1)
+    # Fewer beats than four bars of 4/4 are too few to fold by 3 and by 4 and compare: 4/4, the default.
+    # (Set after a 7 s real clip of a 4/4 song, 12 beats, came out 3/4; no other value was tried.)
+    min_beats_for_meter: int = Field(default=16, ge=0)
+    # The downbeat phase from the learned model (music/engines/downbeats.py; step 6); off, or without a
+    # model for the meter, the hand-weighted rule.
+    learned_downbeats: bool = True
+    downbeat_model: Path | None = None  # None: the one in the package
 
 
 @dataclass
@@ -123,11 +132,18 @@ class BeatAnalysis:
     meter_evidence: dict[int, float] = field(default_factory=dict)
     phase_scores: list[float] = field(default_factory=list)
     cpu_seconds: float = 0.0
+    # The beats the grid was built on and their features (beat_features), for training and tooling.
+    beats: np.ndarray | None = field(default=None, repr=False)
+    features: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
 
 class BeatTracker:
     def __init__(self, config: BeatTrackerConfig | None = None) -> None:
         self.config = config or BeatTrackerConfig()
+        cfg = self.config
+        self.downbeats: DownbeatModel | None = (
+            load_model(cfg.downbeat_model or MODEL_PATH) if cfg.learned_downbeats else None
+        )
 
     def warm_up(self) -> None:
         """Run once on a few seconds of clicks: the first call in a process loads librosa's modules and
@@ -144,18 +160,10 @@ class BeatTracker:
         return self.analyse(samples, sample_rate).grid
 
     def analyse(self, samples: np.ndarray, sample_rate: int) -> BeatAnalysis:
-        import librosa
-
         started = time.process_time()
         cfg = self.config
-        if sample_rate <= 0:
-            raise ValueError("sample_rate must be > 0")
-        y = np.nan_to_num(np.asarray(samples, dtype=np.float32))
-        if y.ndim == 2:
-            y = y.mean(axis=0)
-        elif y.ndim != 1:
-            raise ValueError("samples must be shaped (channels, n) or (n,)")
-        duration = y.size / sample_rate
+        y = _mono(samples, sample_rate, cfg)
+        duration = y.size / cfg.sample_rate if y.size else 0.0
 
         def fallback(reason: str) -> BeatAnalysis:
             logger.info("no beat found (%s): steady %g BPM", reason, cfg.fallback_bpm)
@@ -167,47 +175,20 @@ class BeatTracker:
             )
             return BeatAnalysis(grid, fallback=reason, steady=True, cpu_seconds=time.process_time() - started)
 
-        if sample_rate != cfg.sample_rate and y.size:
-            y = librosa.resample(y, orig_sr=sample_rate, target_sr=cfg.sample_rate, res_type="soxr_mq")
-        sr, hop = cfg.sample_rate, cfg.hop_length
-        fps = sr / hop
         if y.size < cfg.n_fft:
             return fallback("too short")
         if float(np.sqrt(np.mean(np.square(y, dtype=np.float64)))) < cfg.silence_rms:
             return fallback("silence")
-
-        power = np.abs(librosa.stft(y, n_fft=cfg.n_fft, hop_length=hop)) ** 2
-        mel_db = librosa.power_to_db(
-            librosa.feature.melspectrogram(S=power, sr=sr, n_mels=cfg.n_mels), ref=np.max
-        )
-        mel_hz = librosa.mel_frequencies(n_mels=cfg.n_mels, fmax=sr / 2)
-        edges = [0] + [int(np.searchsorted(mel_hz, e)) for e in cfg.band_edges_hz] + [cfg.n_mels]
-        # center=False: librosa's centring shifts the envelope half a window (46 ms) late.
-        bands = librosa.onset.onset_strength_multi(
-            S=mel_db, sr=sr, hop_length=hop, center=False, max_size=cfg.max_filter_bands, channels=edges
-        )
-        clipped = np.stack([np.minimum(b, np.percentile(b, cfg.clip_percentile)) for b in bands])
-        scale = clipped.mean(axis=1, keepdims=True)
-        if not np.any(scale > 0):
+        onsets = _onsets(y, cfg)
+        if onsets is None:
             return fallback("no onsets")
-        envelope = (clipped / np.where(scale > 0, scale, 1.0)).mean(axis=0)
-
-        # librosa's tempo on a half-rate envelope: only a seed, and its tempogram is the costliest step.
-        half = envelope[: envelope.size // 2 * 2].reshape(-1, 2).max(axis=1)
-        librosa_bpm = float(
-            librosa.feature.tempo(
-                onset_envelope=half, sr=sr, hop_length=2 * hop, start_bpm=cfg.start_bpm, std_bpm=cfg.std_octaves
-            )[0]
-        )
-        _, frames = librosa.beat.beat_track(
-            onset_envelope=envelope, sr=sr, hop_length=hop, bpm=librosa_bpm, tightness=cfg.tightness
-        )
-        times = frames / fps + cfg.latency_s
+        fps = cfg.sample_rate / cfg.hop_length
+        times, librosa_bpm = _track(onsets.envelope, cfg)
         if times.size < cfg.min_beats:
             return fallback(f"{times.size} beats")
 
         fit = _regularise(times, cfg)
-        support = _beat_support(envelope, fit.beats, fps)
+        support = _beat_support(onsets.envelope, fit.beats, fps)
         doubt = _doubt(fit, support, cfg)
         if doubt is None:
             beats, period, steady = fit.beats, fit.period, fit.steady
@@ -216,7 +197,7 @@ class BeatTracker:
             # Not confident: the straight line at the estimated tempo rather than a jittery map.
             beats, period, steady = fit.line, fit.line_period, True
             source, reason = "steady_fallback", f"one tempo at the estimate, since {doubt}"
-        beats = _extend(beats, envelope, fps, y.size / sr, cfg)
+        beats = _extend(beats, onsets.envelope, fps, duration, cfg)
         if 60.0 / period < cfg.min_bpm:
             # Slower than this is nearly always half the felt tempo (a bass on 1 and 3, a pad), and at
             # 480 PPQ a tick would exceed 2 ms: count the half beats instead.
@@ -226,10 +207,11 @@ class BeatTracker:
         if beats.size < cfg.min_beats:
             return fallback(f"{beats.size} beats")
 
-        features = _beat_features(beats, fps, bands, power, sr, cfg)
-        # Beats the tracker does not trust say nothing reliable about the meter either: 4/4.
+        features = beat_features(beats, onsets, cfg)
+        # Beats the tracker does not trust, or too few of them, say nothing reliable about the meter: 4/4.
+        sure = doubt is None and beats.size >= cfg.min_beats_for_meter
         bpb, first, evidence, phases, meter_confidence = _meter_and_downbeat(
-            features, beats.size, cfg.meter_margin, forced=None if doubt is None else 4
+            features, beats.size, cfg.meter_margin, forced=None if sure else 4, model=self.downbeats
         )
         if steady:
             grid = BeatGrid.from_line(float(beats[0]), period, int(beats.size), bpb, first)
@@ -247,26 +229,93 @@ class BeatTracker:
             meter_evidence=evidence,
             phase_scores=phases,
             cpu_seconds=time.process_time() - started,
+            beats=beats,
+            features=features,
         )
-        logger.info(
-            "beats: %.2f BPM %s (%s; residual %.3f, jitter %.3f beat, onset support %.1f), %d beats from %.2f s, "
-            "%s (evidence 3:%.1f 4:%.1f, confidence %.2f), first downbeat %.2f s, %.2f s CPU",
-            grid.tempo_bpm,
-            source,
-            reason,
-            fit.residual,
-            fit.jitter,
-            support,
-            len(grid.beats),
-            grid.beats[0],
-            grid.time_signature,
-            evidence.get(3, 0.0),
-            evidence.get(4, 0.0),
-            meter_confidence,
-            grid.beats[grid.first_downbeat],
-            analysis.cpu_seconds,
-        )
+        _log(analysis)
         return analysis
+
+
+def _log(analysis: BeatAnalysis) -> None:
+    grid = analysis.grid
+    logger.info(
+        "beats: %.2f BPM %s (%s; residual %.3f, jitter %.3f beat, onset support %.1f), %d beats from %.2f s, "
+        "%s (evidence 3:%.1f 4:%.1f, confidence %.2f), first downbeat %.2f s, %.2f s CPU",
+        grid.tempo_bpm, grid.tempo_source, grid.tempo_reason, analysis.residual, analysis.jitter,
+        analysis.beat_support, len(grid.beats), grid.beats[0], grid.time_signature,
+        analysis.meter_evidence.get(3, 0.0), analysis.meter_evidence.get(4, 0.0), grid.meter_confidence or 0.0,
+        grid.beats[grid.first_downbeat], analysis.cpu_seconds,
+    )  # fmt: skip
+
+
+# --- onsets ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Onsets:
+    """What the tracker reads off the audio: the power spectrogram, the per-band onset envelopes and
+    their mean (the envelope the beats are tracked on)."""
+
+    power: np.ndarray  # (bins, frames)
+    bands: np.ndarray  # (4, frames)
+    envelope: np.ndarray  # (frames,)
+    sample_rate: int
+    fps: float
+
+
+def _mono(samples: np.ndarray, sample_rate: int, cfg: BeatTrackerConfig) -> np.ndarray:
+    """Mono float32 at the analysis rate."""
+    import librosa
+
+    if sample_rate <= 0:
+        raise ValueError("sample_rate must be > 0")
+    y = np.nan_to_num(np.asarray(samples, dtype=np.float32))
+    if y.ndim == 2:
+        y = y.mean(axis=0)
+    elif y.ndim != 1:
+        raise ValueError("samples must be shaped (channels, n) or (n,)")
+    if sample_rate != cfg.sample_rate and y.size:
+        y = librosa.resample(y, orig_sr=sample_rate, target_sr=cfg.sample_rate, res_type="soxr_mq")
+    return y
+
+
+def _onsets(y: np.ndarray, cfg: BeatTrackerConfig) -> Onsets | None:
+    """Per-band SuperFlux onset envelopes (module docstring, step 1); None if nothing has an onset."""
+    import librosa
+
+    sr, hop = cfg.sample_rate, cfg.hop_length
+    power = np.abs(librosa.stft(y, n_fft=cfg.n_fft, hop_length=hop)) ** 2
+    mel_db = librosa.power_to_db(librosa.feature.melspectrogram(S=power, sr=sr, n_mels=cfg.n_mels), ref=np.max)
+    mel_hz = librosa.mel_frequencies(n_mels=cfg.n_mels, fmax=sr / 2)
+    edges = [0] + [int(np.searchsorted(mel_hz, e)) for e in cfg.band_edges_hz] + [cfg.n_mels]
+    # center=False: librosa's centring shifts the envelope half a window (46 ms) late.
+    bands = librosa.onset.onset_strength_multi(
+        S=mel_db, sr=sr, hop_length=hop, center=False, max_size=cfg.max_filter_bands, channels=edges
+    )
+    clipped = np.stack([np.minimum(b, np.percentile(b, cfg.clip_percentile)) for b in bands])
+    scale = clipped.mean(axis=1, keepdims=True)
+    if not np.any(scale > 0):
+        return None
+    envelope = (clipped / np.where(scale > 0, scale, 1.0)).mean(axis=0)
+    return Onsets(power, bands, envelope, sr, sr / hop)
+
+
+def _track(envelope: np.ndarray, cfg: BeatTrackerConfig) -> tuple[np.ndarray, float]:
+    """(beat times, librosa's tempo): librosa's DP tracker seeded by its tempo estimate (step 2)."""
+    import librosa
+
+    sr, hop = cfg.sample_rate, cfg.hop_length
+    # librosa's tempo on a half-rate envelope: only a seed, and its tempogram is the costliest step.
+    half = envelope[: envelope.size // 2 * 2].reshape(-1, 2).max(axis=1)
+    librosa_bpm = float(
+        librosa.feature.tempo(
+            onset_envelope=half, sr=sr, hop_length=2 * hop, start_bpm=cfg.start_bpm, std_bpm=cfg.std_octaves
+        )[0]
+    )
+    _, frames = librosa.beat.beat_track(
+        onset_envelope=envelope, sr=sr, hop_length=hop, bpm=librosa_bpm, tightness=cfg.tightness
+    )
+    return frames / (sr / hop) + cfg.latency_s, librosa_bpm
 
 
 # --- beats -------------------------------------------------------------------------------------------
@@ -407,12 +456,25 @@ def _bar_novelty(chroma: np.ndarray, m: int) -> np.ndarray:
     return out
 
 
-def _beat_features(
-    beats: np.ndarray, fps: float, bands: np.ndarray, power: np.ndarray, sr: int, cfg: BeatTrackerConfig
-) -> dict[str, np.ndarray]:
+def beat_features(beats: np.ndarray, onsets: Onsets, cfg: BeatTrackerConfig) -> dict[str, np.ndarray]:
+    """Per-beat features: onset strength per band at the beat ("onset0".."onset3"; "low" and "mid" are
+    bands 0 and 2, the meter's) and at the half beat after it ("half0".."half3"), and per meter m the
+    harmony's and the bass line's chroma novelty over m beats ("harmony_bar{m}", "bass_bar{m}") and over
+    one ("harmony_beat", "bass_beat"); the harmony ones are missing where beats are closer than a frame."""
     import librosa
 
-    features = {"low": _at_beats(bands[0], beats, fps), "mid": _at_beats(bands[2], beats, fps)}
+    fps, bands, power, sr = onsets.fps, onsets.bands, onsets.power, onsets.sample_rate
+    features = {f"onset{k}": _at_beats(bands[k], beats, fps) for k in range(bands.shape[0])}
+    halves = np.append(0.5 * (beats[1:] + beats[:-1]), beats[-1] + 0.5 * (beats[-1] - beats[-2]) if beats.size > 1 else 0.0)
+    features |= {f"half{k}": _at_beats(bands[k], halves, fps) for k in range(bands.shape[0])}
+    features["low"], features["mid"] = features["onset0"], features["onset2"]
+    # The first beat where the music plays: its broadband onset reaches a third of the typical beat's.
+    strength = sum(features[f"onset{k}"] for k in range(bands.shape[0]))
+    first = np.zeros(beats.size)
+    loud = np.flatnonzero(strength >= np.median(strength) / 3)
+    if loud.size:
+        first[loud[0]] = 1.0
+    features["first"] = first
     frames = np.clip(np.round(beats * fps).astype(int), 0, power.shape[1] - 1)
     frames = np.unique(frames)
     if frames.size != beats.size:  # beats closer than a frame: no meaningful harmony features
@@ -428,7 +490,18 @@ def _beat_features(
         chroma = chroma / (np.linalg.norm(chroma, axis=0, keepdims=True) + 1e-9)
         for m in METERS:
             features[f"{name}_bar{m}"] = _bar_novelty(chroma, m)
+        features[f"{name}_beat"] = _bar_novelty(chroma, 1)
     return features
+
+
+def downbeat_inputs(features: dict[str, np.ndarray], meter: int) -> np.ndarray:
+    """The downbeat model's base features (downbeats.BASE_FEATURES) for `meter`, (beats, features)."""
+    n = features["onset0"].size
+    columns = []
+    for name in BASE_FEATURES:
+        key = f"{name}{meter}" if name.endswith("_bar") else name
+        columns.append(features.get(key, np.full(n, np.nan)))
+    return np.stack(columns, axis=1)
 
 
 def _zscore(x: np.ndarray) -> np.ndarray:
@@ -451,10 +524,12 @@ def _f_statistic(x: np.ndarray, index: np.ndarray, m: int) -> float | None:
 
 
 def _meter_and_downbeat(
-    features: dict[str, np.ndarray], n: int, margin: float, forced: int | None = None
+    features: dict[str, np.ndarray], n: int, margin: float, forced: int | None = None,
+    model: DownbeatModel | None = None,
 ) -> tuple[int, int, dict[int, float], list[float], float]:
     """(beats per bar, index of the first downbeat, meter evidence, phase scores of the meter,
-    meter confidence 0..1); `forced` fixes the meter (confidence 0)."""
+    meter confidence 0..1); `forced` fixes the meter (confidence 0); the phase is `model`'s where it has
+    one for the meter, else the hand-weighted rule's."""
     index = np.arange(n)
     stats: dict[int, dict[str, float | None]] = {}
     for m in METERS:
@@ -475,6 +550,9 @@ def _meter_and_downbeat(
     bpb, confidence = _choose_meter(evidence, margin)
     if forced is not None:
         bpb, confidence = forced, 0.0
+    learned = model.phase_scores(downbeat_inputs(features, bpb), bpb) if model is not None else None
+    if learned is not None:
+        return bpb, int(np.argmax(learned)), evidence, learned, confidence
     scores = np.zeros(bpb)
     for name, weight in PHASE_WEIGHTS.items():
         key = f"{name}{bpb}" if name.endswith("_bar") else name

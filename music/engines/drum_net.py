@@ -2,22 +2,25 @@
 
 Why a network next to the NMFD transcriber (drums.py): fixed templates describe the kits they were
 measured on, and inside a band mix through HPSS the drums stem also carries the attacks of bass,
-guitar and keys. On the held-out soundfonts NMFD stayed at kick 0.77 / snare 0.75 (FluidR3) in
-band mixes. A frame-wise classifier learns from many kits and mixes what a kick, a snare, a closed
-and an open hat look like under that bleed (the approach of Vogl et al. 2017 and of the ADTOF
-models, shrunk to a few hundred thousand weights so it runs in well under a second per minute of
-audio on one CPU core).
+guitar and keys. A frame-wise classifier learns from many kits and mixes what a kick, a snare, a closed
+and an open hat look like under that bleed (the approach of Vogl et al. 2017 and of the ADTOF models,
+shrunk to a couple of hundred thousand weights so it runs in about a second per minute of audio on one
+CPU core).
 
 Front end: the same 64-band mel magnitude spectrogram as the NMFD transcriber (22.05 kHz, hop 256,
 11.6 ms frames), log-compressed after dividing by the recording's loud level, so any mix level gives
-the same input. Network: 2-D convolutions over (band, time) that pool away frequency, then 1-D
-convolutions over time (one dilated, for the ~120 ms a hat rings, which tells open from closed) and
-one sigmoid per class and frame: "a hit of this class starts here". Peak picking: a local maximum
-of a class's curve above that class's threshold, one hit per `min_interval_s`.
+the same input. Network: 2-D convolutions over (band, time) that pool away frequency, then either 1-D
+convolutions over time (the first network) or a bidirectional GRU (`rnn`, the current one), and one
+sigmoid per class and frame: "a hit of this class starts here". The current network also has outputs
+for toms, crashes and rides, which the service does not report: learning them is how it learns not to
+call a ride a hi-hat or a floor tom a kick. Peak picking: a local maximum of a class's curve above that
+class's threshold, one hit per `min_interval_s`.
 
-The weights (data/drum_net.pt) and thresholds are made by benchmarks/train_drum_net.py from renders
-of soundfonts the evaluation never uses (see its docstring); the evaluation's FluidR3 and csound
-GM-bank kits are never seen in training or in choosing a threshold.
+The weights (data/drum_net.pt) and thresholds are made by benchmarks/train_drum_net.py from recorded
+drums (MDB Drums' multitracks) and sampled kits, with rooms, equalisers, compressors and bands around
+them; the thresholds come from held-back parts of the training songs. The weights record what they
+trained on (real songs, kits, soundfonts), and the evaluations check that record before they call a
+recording or a kit held out.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ from music.notes import Note
 logger = logging.getLogger(__name__)
 
 WEIGHTS_PATH = Path(__file__).with_name("data") / "drum_net.pt"
-# Output order of the network.
+# The classes the service reports, in the order of the first network's outputs. A network may have more
+# outputs (toms and cymbals, learned so that they are not taken for these); its weights file lists them.
 NET_CLASSES: tuple[str, ...] = (KICK, SNARE, HIHAT_CLOSED, HIHAT_OPEN)
 _EPS = 1e-8
 DrumEngine = Literal["net", "nmfd"]
@@ -67,10 +71,15 @@ def features(spectrogram: np.ndarray) -> np.ndarray:
 
 
 class DrumNet(nn.Module):
-    """(batch, 1, bands, frames) features -> (batch, classes, frames) logits."""
+    """(batch, 1, bands, frames) features -> (batch, classes, frames) logits.
 
-    def __init__(self, n_bands: int = 64, n_classes: int = len(NET_CLASSES), width: int = 16) -> None:
+    `rnn` > 0 replaces the dilated time convolutions by a bidirectional GRU of that size: a hit is told
+    from bleed and cymbal wash by what comes seconds before and after it, not 100 ms (Vogl et al.'s
+    CRNN, which the ADTOF models also use)."""
+
+    def __init__(self, n_bands: int = 64, n_classes: int = len(NET_CLASSES), width: int = 16, rnn: int = 0) -> None:
         super().__init__()
+        self.rnn = rnn
 
         def block(c_in: int, c_out: int) -> list[nn.Module]:
             return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
@@ -82,6 +91,11 @@ class DrumNet(nn.Module):
             *block(2 * w, 4 * w), nn.MaxPool2d((2, 1)),
         )  # fmt: skip
         flat = 4 * w * (n_bands // 8)
+        if rnn:
+            self.project = nn.Sequential(nn.Conv1d(flat, 2 * rnn, 3, padding=1), nn.ReLU(), nn.Dropout(0.2))
+            self.gru = nn.GRU(2 * rnn, rnn, batch_first=True, bidirectional=True)
+            self.head = nn.Conv1d(2 * rnn, n_classes, 1)
+            return
         self.time = nn.Sequential(
             nn.Conv1d(flat, 128, 3, padding=1),
             nn.ReLU(),
@@ -92,17 +106,21 @@ class DrumNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x)
-        return self.time(y.flatten(1, 2))
+        y = self.conv(x).flatten(1, 2)
+        if not self.rnn:
+            return self.time(y)
+        z, _ = self.gru(self.project(y).transpose(1, 2))
+        return self.head(z.transpose(1, 2))
 
 
 @lru_cache(maxsize=2)
-def _load(path: Path) -> tuple[DrumNet, dict[str, float], dict[str, object]]:
+def _load(path: Path) -> tuple[DrumNet, dict[str, float], dict[str, object], tuple[str, ...]]:
+    """(network, thresholds, front end, output classes) of a weights file."""
     saved = torch.load(path, map_location="cpu", weights_only=True)
     net = DrumNet(**saved["shape"])
-    net.load_state_dict(saved["state"])
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in saved["state"].items()})
     net.eval()
-    return net, dict(saved["thresholds"]), dict(saved["front_end"])
+    return net, dict(saved["thresholds"]), dict(saved["front_end"]), tuple(saved.get("classes", NET_CLASSES))
 
 
 def activations(net: DrumNet, feats: np.ndarray) -> np.ndarray:
@@ -123,7 +141,7 @@ class NetDrumTranscriber:
 
     def __init__(self, config: DrumNetConfig | None = None, front_end: DrumConfig | None = None) -> None:
         self.config = config or DrumNetConfig()
-        self.net, stored, trained_front_end = _load(self.config.weights_path or WEIGHTS_PATH)
+        self.net, stored, trained_front_end, self.classes = _load(self.config.weights_path or WEIGHTS_PATH)
         self.front_end = front_end or DrumConfig()
         ours = {k: getattr(self.front_end, k) for k in trained_front_end}
         if ours != trained_front_end:
@@ -141,7 +159,8 @@ class NetDrumTranscriber:
         floor = _full_scale(fe.analysis_rate, fe.n_fft, fe.n_bands, fe.fmin) * 10 ** (fe.floor_db / 20)
         if float(energy.max(initial=0.0)) < floor:
             return []
-        probs = activations(self.net, features(spec))
+        outputs = activations(self.net, features(spec))
+        probs = np.stack([outputs[self.classes.index(cls)] for cls in NET_CLASSES])
         distance = int(round(self.config.min_interval_s * frame_rate))
         found = {
             cls: np.array(
@@ -196,7 +215,7 @@ def _one_hat_per_instant(found: dict[str, np.ndarray], probs: np.ndarray, window
     found[HIHAT_CLOSED], found[HIHAT_OPEN] = closed[keep_closed], opened[keep_open]
 
 
-def make_drum_transcriber(engine: DrumEngine = "net") -> NetDrumTranscriber | DrumTranscriber:
+def make_drum_transcriber(engine: DrumEngine = "net", weights: Path | None = None) -> NetDrumTranscriber | DrumTranscriber:
     """The service's drum transcriber: the network (the default since it won on the held-out kits,
-    README "Drums"), or the NMFD templates."""
-    return NetDrumTranscriber() if engine == "net" else DrumTranscriber()
+    README "Drums"), with its packaged weights unless told, or the NMFD templates."""
+    return NetDrumTranscriber(DrumNetConfig(weights_path=weights)) if engine == "net" else DrumTranscriber()

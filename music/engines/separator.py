@@ -63,6 +63,9 @@ class SeparationConfig(BaseModel):
     gpu_memory_fraction: float | None = Field(
         default=None, gt=0, le=1, description="Share of the card this replica may use; None = its num_gpus share"
     )
+    downbeat_model: Path | None = Field(
+        default=None, description="The beat tracker's downbeat model (music/engines/downbeats.py); None = the packaged one"
+    )
 
 
 class ModelState(StrEnum):

@@ -59,6 +59,9 @@ class TranscriptionConfig(BaseModel):
         default="net",
         description="drums stem to notes: net = the learned transcriber (music/engines/drum_net.py), nmfd = templates",
     )
+    drum_weights: Path | None = Field(
+        default=None, description="the drum network's weights file; None = the one in the package (music/engines/data)"
+    )
     batch_windows: int = Field(
         default=64,
         ge=1,

@@ -83,7 +83,9 @@ class JobPipeline:
     async def run(self, job_id: str, options: JobOptions, ctx: AttemptContext) -> JobOutput:
         """Run every stage not yet done."""
         keys = JobKeys(job_id)
-        stems = ctx.known_stems
+        stems = ctx.known_stems or await asyncio.to_thread(self._separated, keys)
+        if stems is not None and ctx.known_stems is None:
+            await ctx.stems_separated(stems)  # published by an attempt whose tracker died before it heard
         if stems is None or not await asyncio.to_thread(
             self._all_exist, [keys.beats] + [keys.stem(s) for s in stems]
         ):
@@ -114,6 +116,11 @@ class JobPipeline:
         await ctx.report(Stage.PACKAGING, 0.0)
         analysis = await asyncio.to_thread(self._package, job_id, stems, options, ctx.number)
         return JobOutput(result_names(stems), analysis)
+
+    def _separated(self, keys: JobKeys) -> list[str] | None:
+        if not self.storage.exists(keys.separated):
+            return None
+        return list(json.loads(self.storage.get_bytes(keys.separated))["stems"])
 
     def _all_exist(self, keys: list[str]) -> bool:
         return all(self.storage.exists(key) for key in keys)

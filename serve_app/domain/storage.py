@@ -56,6 +56,12 @@ class JobKeys:
         return f"{self.prefix}/work/beats.json"
 
     @property
+    def separated(self) -> str:
+        """The names of the stems, published last by the separation replica: a later attempt finds the
+        stems of one whose tracker died before it heard the answer."""
+        return f"{self.prefix}/work/separated.json"
+
+    @property
     def temporaries(self) -> str:
         """The folder of every attempt's unpublished files (`serve_app.domain.job_files`)."""
         return f"{self.prefix}/tmp"

@@ -9,6 +9,7 @@ import pretty_midi
 import pytest
 import soundfile
 
+from benchmarks import scoring
 from music.audio import DecodedAudio
 from music.engines.hpss import hpss_stems
 from serve_app.domain.errors import JobCanceled
@@ -76,29 +77,31 @@ def test_margins_keep_the_stems_adding_up_and_the_high_band_residual_goes_to_dru
     assert high(kept["harmonic"]) < high(strict["harmonic"])
 
 
-# (soundfont, piece of benchmarks.drums_in_mixes) -> floors a little under what the service's drum
-# transcriber (the network) measured there on 2026-12-04 (FluidR3 disco_808: kick 1.00, snare 0.96, closed
-# hats 0.98, open 1.00; sf_GMbank disco: 0.96, 0.97, 0.95, 0.94). Both are disco grooves: closed hat on the beat,
-# open hat on every off-beat; neither soundfont gave the network, the templates or any threshold.
+# (held-out kit, piece of benchmarks.drums_in_mixes) -> floors a little under what the service's drum
+# transcriber measured there (benchmarks/results/drums_in_mixes.md). Both kits share no sample with what
+# the network trained on (benchmarks.soundfonts checks it before the numbers are taken).
 BAND_MIXES = {
-    ("FluidR3_GM", "disco_808"): {"kick": 0.9, "snare": 0.85, "hh_closed": 0.85, "hh_open": 0.85, "hihat": 0.9},
-    ("sf_GMbank", "disco"): {"kick": 0.9, "snare": 0.9, "hh_closed": 0.85, "hh_open": 0.85, "hihat": 0.9},
+    ("hydrogen:BJA_Pacific", "rock"): {"kick": 0.8, "snare": 0.8, scoring.HIHAT: 0.8},
+    ("FluidR3_GM", "disco_808"): {"kick": 0.8, "snare": 0.8, scoring.HIHAT: 0.8},
 }
 
 
-@pytest.mark.parametrize(("font", "piece"), list(BAND_MIXES))
-def test_drums_in_a_band_mix_through_hpss_open_hats_read_as_open(tmp_path: Path, font: str, piece: str) -> None:
-    """A band mix (lead or not, synth bass, keys or guitar, drums) split and transcribed exactly as the
-    service does (benchmarks.drums_in_mixes): hits found, and open hi-hats told from closed ones."""
-    from benchmarks.drums_in_mixes import DESIGNS, SCORED, SOUND_FONTS, counts, f1, render_mix, service_drums
+@pytest.mark.parametrize(("kit", "piece"), list(BAND_MIXES))
+def test_drums_in_a_band_mix_through_hpss_on_a_held_out_kit(tmp_path: Path, kit: str, piece: str) -> None:
+    """A band mix (drums on a kit the network never heard, the band on freepats) split and transcribed
+    exactly as the service does with separation=hpss: the hits are found."""
+    from benchmarks.drums_in_mixes import DESIGNS, render_piece
+    from benchmarks.sound_sources import source
+    from music.audio import DecodedAudio
     from music.engines.drum_net import make_drum_transcriber
-    from music.engines.hpss import HpssConfig
+    from music.engines.hpss import PERCUSSIVE_STEM, HpssConfig, hpss_stems
 
-    if not SOUND_FONTS[font].is_file():
-        pytest.skip(f"{SOUND_FONTS[font]} is not installed")
+    for name in (kit, "freepats"):
+        if not source(name).installed:
+            pytest.skip(f"{name} ({source(name).package}) is not installed")
     index = next(i for i, d in enumerate(DESIGNS) if d.name == piece)
-    wav, reference = render_mix(DESIGNS[index], "test", index, font, tmp_path)
-    found = counts(reference, service_drums(wav, HpssConfig(), make_drum_transcriber()))
-    scores = {name: round(f1(found[name]), 3) for name in SCORED}
-    bars = BAND_MIXES[(font, piece)]
-    assert all(scores[name] >= bar for name, bar in bars.items()), (scores, bars)
+    mixed, _, rate, truth = render_piece(DESIGNS[index], index, kit, tmp_path)
+    percussive = hpss_stems(DecodedAudio(mixed, rate), HpssConfig())[PERCUSSIVE_STEM]
+    found = scoring.drum_prf(truth, make_drum_transcriber().transcribe(percussive, rate))
+    scores = {name: round(found[name].f1, 3) for name in BAND_MIXES[(kit, piece)] if found[name] is not None}
+    assert all(scores[name] >= bar for name, bar in BAND_MIXES[(kit, piece)].items()), (scores, BAND_MIXES[(kit, piece)])

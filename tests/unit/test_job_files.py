@@ -243,6 +243,7 @@ class _FencedSeparation:
             with JobFiles(storage, job_id, attempt, repo) as files:
                 files.put_bytes(keys.stem("mix"), f"attempt {attempt}".encode())
                 files.put_bytes(keys.beats, json.dumps(BeatGrid.steady(120.0, 4.0).to_json()).encode())
+                files.put_bytes(keys.separated, json.dumps({"stems": ["mix"]}).encode())
                 await asyncio.to_thread(files.publish)
             return ["mix"]
 
@@ -327,3 +328,53 @@ def test_a_succeeded_job_keeps_no_temporaries_of_earlier_attempts(tmp_path: Path
     files: Any = _objects(storage, job_id)
     assert files and not [name for name in files if name.startswith("tmp/") or name.endswith((".tmp", ".part"))]
     assert storage.get_bytes(JobKeys(job_id).stem("mix")) == b"attempt 1"
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_stems_published_by_an_attempt_whose_tracker_died_are_reused(tmp_path: Path) -> None:
+    """The separation replica published attempt 1's stems, but its tracker died before it heard (so the
+    database never got the stem names): attempt 2 finds them in storage and separates nothing again."""
+    from serve_app.domain.jobs import JobOptions, Stage
+    from serve_app.domain.pipeline import JobPipeline
+
+    storage = LocalStorage(tmp_path)
+    keys = JobKeys(JOB)
+    with JobFiles(storage, JOB, 1, _Leases(holder=1)) as files:
+        files.put_bytes(keys.stem("mix"), b"stem")
+        files.put_bytes(keys.beats, json.dumps(BeatGrid.steady(120.0, 4.0).to_json()).encode())
+        files.put_bytes(keys.separated, json.dumps({"stems": ["mix"]}).encode())
+        files.publish()
+
+    class Separation:
+        class prepare_stems:  # noqa: N801 - a handle's method
+            @staticmethod
+            def remote(*args: object) -> None:
+                raise AssertionError("the stems are in storage: nothing to separate again")
+
+    class Transcription:
+        class transcribe_stems:  # noqa: N801
+            @staticmethod
+            def remote(job_id: str, stems: list[str], *args: object) -> None:
+                raise _Stop(stems)
+
+    recorded: list[list[str]] = []
+
+    class Attempt:
+        number = 2
+        known_stems = None
+
+        async def report(self, stage: Stage, fraction: float) -> None: ...
+
+        async def checkpoint(self) -> None: ...
+
+        async def stems_separated(self, stems: list[str]) -> None:
+            recorded.append(stems)
+
+    pipeline = JobPipeline(storage, Separation(), Transcription(), _Leases(holder=2))  # type: ignore[arg-type]
+    with pytest.raises(_Stop) as stopped:
+        asyncio.run(pipeline.run(JOB, JobOptions(), Attempt()))  # type: ignore[arg-type]
+    assert stopped.value.args == (["mix"],)  # on to transcribing the stem attempt 1 published
+    assert recorded == [["mix"]]  # and the job's row learns its stems

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from deployments.fingerprints import demucs_weight_files, separation_fingerprint, transcription_fingerprint
+from music.engines.downbeats import MODEL_PATH as DOWNBEAT_MODEL_PATH
 from music.engines.drum_net import NetDrumTranscriber
 from music.engines.drums import DrumTranscriber
 from music.engines.separator import SeparationConfig
@@ -127,6 +128,18 @@ def test_the_demucs_fingerprint_follows_its_weight_files_and_settings(tmp_path: 
     # none and hpss run no model: a Demucs change leaves their results (and keys) alone.
     assert separation_fingerprint(config, "hpss") == separation_fingerprint(SeparationConfig(), "hpss")
     assert separation_fingerprint(config, "hpss") != separation_fingerprint(config, "none")
+
+
+def test_every_modes_fingerprint_follows_the_downbeat_model(tmp_path: Path) -> None:
+    # The beats of every mode, hpss and none included, come from the downbeat model's file.
+    model = tmp_path / "downbeats.json"
+    model.write_bytes(DOWNBEAT_MODEL_PATH.read_bytes())
+    config = SeparationConfig(downbeat_model=model)
+    shipped = separation_fingerprint(SeparationConfig(), "hpss")
+    assert separation_fingerprint(config, "hpss") == shipped  # same bytes, same results
+    model.write_text(model.read_text().replace("{", '{"retrained": true, ', 1))
+    for mode in ("hpss", "none"):
+        assert separation_fingerprint(config, mode) != separation_fingerprint(SeparationConfig(), mode)
 
 
 def test_a_demucs_bag_is_its_yaml_and_the_signatures_it_lists(tmp_path: Path) -> None:

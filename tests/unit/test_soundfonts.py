@@ -1,0 +1,67 @@
+"""The tool that knows which soundfonts and kits are the same underneath (benchmarks/soundfonts.py), on the
+sources this machine has installed: it must catch the copies the project was caught out by (FluidR3's
+drums inside MuseScore General, csound's GM bank inside TimGM6mb, one AVL kit's hi-hats in the other),
+must not call different recordings the same, and every evaluation's refusal must name what is shared."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks.sound_sources import contents, source
+from benchmarks.soundfonts import SharedSamples, assert_disjoint, families, shared
+
+
+def _need(*names: str) -> None:
+    for name in names:
+        if not source(name).installed:
+            pytest.skip(f"{name} ({source(name).package}) is not installed")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("soundfont-probes")
+
+
+def test_the_soundfont_tables_name_the_samples_behind_programs_and_drum_keys() -> None:
+    _need("TimGM6mb", "MuseScore_General")
+    tim = contents(source("TimGM6mb"))
+    assert len(tim.programs) == 128 and {"kick", "snare", "hihat_closed", "hihat_open"} <= set(tim.drums)
+    # MuseScore's .sf3 pads its chunks differently; its tables must read all the same.
+    assert len(contents(source("MuseScore_General")).programs) == 128
+
+
+def test_copied_drum_samples_are_caught_by_name_or_by_sound(cache: Path) -> None:
+    _need("FluidR3_GM", "MuseScore_General", "TimGM6mb", "sf_GMbank", "AVL_Black_Pearl", "AVL_Red_Zeppelin")
+    fluid_in_musescore = {r.what for r in shared("FluidR3_GM", "MuseScore_General", "drums", cache)}
+    assert {"kick", "snare"} <= fluid_in_musescore  # renamed samples: caught by sound alone
+    assert {"kick", "snare", "hihat_closed"} <= {r.what for r in shared("TimGM6mb", "sf_GMbank", "drums", cache)}
+    assert {"hihat_closed", "hihat_open"} <= {r.what for r in shared("AVL_Black_Pearl", "AVL_Red_Zeppelin", "drums", cache)}
+
+
+def test_different_recordings_are_not_called_the_same(cache: Path) -> None:
+    _need("FluidR3_GM", "TimGM6mb", "hydrogen:BJA_Pacific", "hydrogen:ForzeeStereo")
+    assert shared("FluidR3_GM", "TimGM6mb", "drums", cache) == ()
+    assert shared("hydrogen:BJA_Pacific", "hydrogen:ForzeeStereo", "drums", cache) == ()
+
+
+def test_a_held_out_kit_that_shares_samples_is_refused_with_what_it_shares(cache: Path) -> None:
+    _need("TimGM6mb", "sf_GMbank", "hydrogen:BJA_Pacific")
+    with pytest.raises(SharedSamples, match=r"sf_GMbank shares .* with TimGM6mb: kick"):
+        assert_disjoint(["TimGM6mb"], ["hydrogen:BJA_Pacific", "sf_GMbank"], "drums", cache)
+    assert_disjoint(["TimGM6mb"], ["hydrogen:BJA_Pacific"], "drums", cache)  # disjoint: no error
+
+
+def test_the_same_kit_recorded_again_is_one_family_by_declaration(cache: Path) -> None:
+    _need("AVL_Black_Pearl", "hydrogen:The Black Pearl 1.0", "hydrogen:GMRockKit")
+    groups = families(["AVL_Black_Pearl", "hydrogen:The Black Pearl 1.0", "hydrogen:GMRockKit"], "drums", cache)
+    assert groups == [["AVL_Black_Pearl", "hydrogen:GMRockKit", "hydrogen:The Black Pearl 1.0"]]
+
+
+def test_the_drum_networks_held_out_kits_share_nothing_with_its_training_kits(cache: Path) -> None:
+    from benchmarks.train_drum_net import HELD_OUT_KITS, TRAIN_KITS
+
+    for name in (*HELD_OUT_KITS, *TRAIN_KITS):
+        _need(name)
+    assert_disjoint(TRAIN_KITS, HELD_OUT_KITS, "drums", cache)
