@@ -65,8 +65,10 @@ def render_with(
             mid = Path(work) / "in.mid"
             midi.write(str(mid))
             subprocess.run(
+                # --preserve-silence: TiMidity drops the silence before the first note by default, which
+                # would move every onset earlier than its MIDI time.
                 ["timidity", "-c", str(source.path), "-Ow", "-s", str(sample_rate), "--reverb=d", "--chorus=d",
-                 "-A100", "-o", str(wav), str(mid)],
+                 "-A100", "--preserve-silence", "-o", str(wav), str(mid)],
                 check=True, capture_output=True, timeout=TIMEOUT_S,
             )  # fmt: skip
         return wav

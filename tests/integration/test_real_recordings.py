@@ -22,7 +22,7 @@ pytestmark = [
 ]
 
 # Drums alone (a recorded kit, no band), a raw multitrack sum (the drums under the band), a solo guitar.
-ITEMS = ("drums_mdb_britpop", "rawmix_mdb_grunge", "guitar_egset12_01")
+ITEMS = ("drums_mdb_britpop", "rawmix_mdb_speedmetal", "guitar_egset12_01")
 
 
 @pytest.fixture(scope="module")
@@ -48,21 +48,24 @@ def test_the_report_says_where_its_numbers_come_from(report) -> None:
     assert head["commit"] and head["machine"] and head["command"].startswith("python -m benchmarks.real")
     assert set(written["items"]) == set(ITEMS)
     assert "| librosa |" in (out / "real.md").read_text()
+    # Without fold models, the shipped downbeat model (trained on every MDB song) is not scored on them.
+    service = result["items"]["drums_mdb_britpop"]["systems"]["service/none"]
+    assert "downbeat_f1" not in service and service["withheld"], service
 
 
 def test_real_drums_are_found_alone_and_under_a_band(report) -> None:
     result, _ = report
     alone = result["items"]["drums_mdb_britpop"]["systems"]["service/hpss"]["drums"]
-    band = result["items"]["rawmix_mdb_grunge"]["systems"]["service/hpss"]["drums"]
+    band = result["items"]["rawmix_mdb_speedmetal"]["systems"]["service/hpss"]["drums"]
     # Floors well under what the shipped network measures on these two (benchmarks/results/real.md) and
     # well over what a broken path gives (wrong rate, stem or thresholds: under 0.5).
     assert alone["kick"] >= 0.8 and alone["snare"] >= 0.7 and alone["hihat"] >= 0.7, alone
-    assert band["kick"] >= 0.7 and band["hihat"] >= 0.6, band
+    assert band["kick"] >= 0.7 and band["snare"] >= 0.7 and band["hihat"] >= 0.6, band
 
 
 def test_beats_and_notes_hold_their_own_against_what_a_user_has(report) -> None:
     result, _ = report
-    for item in ("drums_mdb_britpop", "rawmix_mdb_grunge"):
+    for item in ("drums_mdb_britpop", "rawmix_mdb_speedmetal"):
         systems = result["items"][item]["systems"]
         assert systems["service/none"]["beat_f1"] >= systems["librosa"]["beat_f1"] - 0.05, (item, systems)
         assert systems["service/none"]["tempo"]["octave"]

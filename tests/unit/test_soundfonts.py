@@ -65,3 +65,24 @@ def test_the_drum_networks_held_out_kits_share_nothing_with_its_training_kits(ca
     for name in (*HELD_OUT_KITS, *TRAIN_KITS):
         _need(name)
     assert_disjoint(TRAIN_KITS, HELD_OUT_KITS, "drums", cache)
+
+
+@pytest.mark.parametrize("name", ["freepats", "FluidR3_GM", "hydrogen:ColomboAcousticDrumkit"])
+def test_every_renderer_keeps_the_midi_timing(tmp_path: Path, name: str) -> None:
+    """A kick at 0.5 s sounds at 0.5 s, whatever renders it (TiMidity drops leading silence unless told
+    not to, which moved every freepats onset half a second early)."""
+    import numpy as np
+    import pretty_midi
+    import soundfile
+
+    from benchmarks.render import render_with
+
+    _need(name)
+    midi = pretty_midi.PrettyMIDI()
+    drums = pretty_midi.Instrument(0, is_drum=True)
+    drums.notes.append(pretty_midi.Note(110, 36, 0.5, 0.6))
+    midi.instruments.append(drums)
+    samples, rate = soundfile.read(render_with(source(name), midi, tmp_path / "kick.wav", 44100, 0), always_2d=True)
+    level = np.abs(samples).max(axis=1)
+    first = int(np.argmax(level > 0.05 * level.max())) / rate
+    assert 0.49 <= first <= 0.52, first
