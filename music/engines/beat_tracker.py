@@ -45,11 +45,15 @@ How it decides
    was chosen against a small lead of 3/4). The 0.2 lies in the gap between the 4/4 pieces (leads
    up to 0.06) and the 3/4 ones (from 0.38) among the evaluation set's "tune" pieces, four more
    pieces composed the same way for tuning only, and the unit tests' renders (see the README).
-6. Downbeat. For the chosen meter, the phase whose beats have the most low-band onset + mid-band
-   onset + half the harmonic bar novelty (all z-scored) is the downbeat: kicks and bass roots land
-   on 1, melodies start phrases there and chords change there. The broadband onset is left out:
-   with drums it favours the accented backbeat (2 and 4). The weights were chosen on pieces
-   rendered with FluidR3 and checked on the same pieces rendered with TimGM6mb.
+6. Downbeat. For the chosen meter, the learned model of music/engines/downbeats.py (a logistic
+   regression over beat-synchronous onset, bar-novelty and position features, trained on real MDB
+   multitracks and renders by benchmarks/train_downbeats.py) scores every beat; the phase whose beats
+   are likeliest downbeats wins. Without a model for the meter (or with `learned_downbeats` off) the
+   hand-weighted rule of before decides: the phase with the most low-band + mid-band onset + half
+   the harmonic bar novelty. The rule put the real development set's downbeats right on half its
+   items (downbeat F1 0.52-0.57); the model, cross-validated by song, 0.70 (benchmarks/results/real.md).
+   Fewer than `min_beats_for_meter` (16) beats are 4/4 without a comparison: a 7 s clip of a 4/4
+   song, 12 beats, came out 3/4 before this (set on that clip; no other value was tried).
 
 Silence (RMS under -80 dBFS), audio shorter than one FFT, no onsets, or fewer than 4 beats give
 `BeatGrid.steady(120, duration)` (`tempo_source` "default").

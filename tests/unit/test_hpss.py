@@ -80,9 +80,11 @@ def test_margins_keep_the_stems_adding_up_and_the_high_band_residual_goes_to_dru
 # (held-out kit, piece of benchmarks.drums_in_mixes) -> floors a little under what the service's drum
 # transcriber measured there (benchmarks/results/drums_in_mixes.md). Both kits share no sample with what
 # the network trained on (benchmarks.soundfonts checks it before the numbers are taken).
+# Measured 2026-12-07 with the shipped weights: BJA Pacific rock 1.00 / 1.00 / 0.91, FluidR3 disco_808
+# 1.00 / 0.80 (12 snares) / 0.92.
 BAND_MIXES = {
     ("hydrogen:BJA_Pacific", "rock"): {"kick": 0.8, "snare": 0.8, scoring.HIHAT: 0.8},
-    ("FluidR3_GM", "disco_808"): {"kick": 0.8, "snare": 0.8, scoring.HIHAT: 0.8},
+    ("FluidR3_GM", "disco_808"): {"kick": 0.8, "snare": 0.7, scoring.HIHAT: 0.8},
 }
 
 
