@@ -119,9 +119,11 @@ def redeploy(url: str, settings: dict[str, Any], user_configs: dict[str, dict[st
     fields of the deployments' user_config; returns once no model is loading."""
     from ray import serve
 
-    from serve_app.app import build_app
+    from serve_app.app import build_application
+    from serve_app.settings import Settings
 
-    serve.run(build_app({"auth_required": False, **settings}, user_configs), name=APP_NAME, route_prefix="/")
+    app = build_application(Settings(**{"auth_required": False, **settings}), user_configs=user_configs)
+    serve.run(app, name=APP_NAME, route_prefix="/")
     wait_until_ready(url)
 
 

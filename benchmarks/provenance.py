@@ -14,6 +14,7 @@ import platform
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -65,14 +66,30 @@ def git_commit() -> str:
     return head + (" (with uncommitted changes)" if dirty else "")
 
 
-def command() -> str:
-    """The command line as a user would type it (`python -m benchmarks.x --flag ...`)."""
-    argv = list(sys.argv)
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    if spec is not None and spec.name:
-        argv[0] = f"python -m {spec.name.removesuffix('.__main__')}"
-    return " ".join(argv)
+SECRET_FLAGS = ("--api-key", "--token", "--password")
+
+
+def command(module: str | None = None, argv: Sequence[str] | None = None) -> str:
+    """The command line as a user would type it (`python -m benchmarks.x --flag ...`): `module` and
+    `argv` when a benchmark's main() was called with arguments (from a test), else this process's own.
+    Secrets given as flags are never written into a committed result."""
+    if module is not None:
+        words = [f"python -m {module}", *(sys.argv[1:] if argv is None else argv)]
+    else:
+        words = list(sys.argv)
+        main = sys.modules.get("__main__")
+        spec = getattr(main, "__spec__", None)
+        if spec is not None and spec.name:
+            words[0] = f"python -m {spec.name.removesuffix('.__main__')}"
+    shown: list[str] = []
+    for word in words:
+        flag, eq, _ = word.partition("=")
+        if eq and flag in SECRET_FLAGS:
+            word = f"{flag}=***"
+        elif shown and shown[-1] in SECRET_FLAGS:
+            word = "***"
+        shown.append(word)
+    return " ".join(shown)
 
 
 def header(**extra: Any) -> dict[str, Any]:

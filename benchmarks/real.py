@@ -53,7 +53,7 @@ import httpx
 import numpy as np
 
 from benchmarks import scoring
-from benchmarks.provenance import header, header_line, write_results
+from benchmarks.provenance import command, header, header_line, write_results
 from benchmarks.real_dev import DRUM_CLASSES, RealItem, load, real_dev_folder
 from benchmarks.systems import DRUMS, EstNote, ServiceClient, Transcript
 
@@ -250,6 +250,7 @@ class Options:
     items: tuple[str, ...] = ()
     job_timeout: float = 900.0
     name: str = "real"
+    command: str = ""  # as typed, for the results' header
 
 
 @contextlib.contextmanager
@@ -339,6 +340,7 @@ def run(options: Options) -> dict[str, Any]:
 
     report: dict[str, Any] = {
         "header": header(
+            command=options.command or command(),
             set=str(options.folder), items=len(items), separations=list(options.separations),
             folds=[{"name": f.name, "weights": str(f.weights) if f.weights else "shipped",
                          "downbeats": str(f.downbeats) if f.downbeats else "shipped",
@@ -496,6 +498,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         folder=args.set, url=args.url, api_key=args.api_key,
         separations=tuple(s.strip() for s in args.separations.split(",") if s.strip()),
         folds=args.folds, out=args.out, items=tuple(i for i in args.items.split(",") if i), name=args.name,
+        command=command("benchmarks.real", argv),
     )  # fmt: skip
 
 

@@ -29,7 +29,7 @@ import itertools
 import json
 import logging
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -257,14 +257,20 @@ def shared(a: str, b: str, scope: Scope, cache: Path = DEFAULT_CACHE) -> tuple[S
     return _shared(*sorted((a, b)), scope, cache)  # type: ignore[arg-type]
 
 
-def assert_disjoint(used: Iterable[str], held_out: Iterable[str], scope: Scope, cache: Path = DEFAULT_CACHE) -> None:
-    """Refuse (SharedSamples) if any held-out source shares samples in `scope` with a used one."""
+def assert_disjoint(
+    used: Iterable[str], held_out: Iterable[str], scope: Scope, cache: Path = DEFAULT_CACHE,
+    programs: Collection[int] | None = None,
+) -> None:
+    """Refuse (SharedSamples) if any held-out source shares samples in `scope` with a used one; with
+    `programs`, only those melodic programs count (the ones the held-out material actually plays)."""
     problems = []
     for h, u in itertools.product(sorted(set(held_out)), sorted(set(used))):
         if h == u:
             problems.append(f"{h} is used and held out at once")
             continue
         found = shared(h, u, scope, cache)
+        if programs is not None:
+            found = tuple(r for r in found if r.scope != "melodic" or int(r.what) in programs)
         if found:
             what = ", ".join(f"{r.what} ({r.names} names, likeness {r.sound:.2f})" for r in found[:6])
             problems.append(f"{h} shares {len(found)} {scope} sounds with {u}: {what}{' ...' if len(found) > 6 else ''}")

@@ -93,11 +93,10 @@ def _with_user_config(options: dict[str, Any], user_config: dict[str, Any] | Non
     return options if not user_config else {**options, "user_config": {**options["user_config"], **user_config}}
 
 
-def build_app(args: dict[str, Any] | None = None, user_configs: dict[str, dict[str, Any]] | None = None) -> Application:
-    """`args` are Settings fields (from the YAML's `args:`); the environment fills in the rest.
-    `user_configs` (deployment name -> fields) is for benchmarks that swap an engine's files in place of
-    what a YAML `user_config` would do."""
-    return build_application(Settings(**(args or {})), user_configs=user_configs)
+def build_app(args: dict[str, Any] | None = None) -> Application:
+    """`args` are Settings fields (from the YAML's `args:`); the environment fills in the rest. Serve calls
+    an application builder with exactly one argument."""
+    return build_application(Settings(**(args or {})))
 
 
 def build_application(
@@ -106,7 +105,8 @@ def build_application(
     user_configs: dict[str, dict[str, Any]] | None = None,
 ) -> Application:
     """The application for `settings`. Tests bind a subclass of the separation deployment that fails on
-    purpose (tests/integration/faults.py); production code has no fault hooks of its own."""
+    purpose (tests/integration/faults.py); production code has no fault hooks of its own. `user_configs`
+    (deployment name -> fields) is for benchmarks that swap an engine's files, as a YAML `user_config` would."""
     user_configs = user_configs or {}
     separation = serve.deployment(
         separation_cls, **_with_user_config(separation_options(settings), user_configs.get("Separation"))

@@ -221,12 +221,14 @@ def test_hpss_gives_drums_on_channel_ten_without_model_weights(service: Service,
     found = {drum_class(n.pitch) for n in tracks["drums"].notes}
     assert {"kick", "snare", "hihat_closed"} <= found
     reference = [n for inst in truth.instruments if inst.is_drum for n in inst.notes]
-    for cls in ("kick", "snare"):
+    # The engine's floors on this piece through HPSS (tests/unit/test_drums.py, ENSEMBLE_FLOORS): the
+    # service must give what the engine gives. Its kicks sit under bass notes, whose attacks HPSS leaves
+    # with the drums: the shipped network finds 0.64 of them.
+    for cls, floor in (("kick", 0.55), ("snare", 0.85)):
         ref = np.array([n.start for n in reference if drum_class(n.pitch) == cls])
         est = np.array(sorted(n.start for n in tracks["drums"].notes if drum_class(n.pitch) == cls))
         f1, _, _ = mir_eval.onset.f_measure(ref, est, window=0.05)
-        # Kick and snare come through the percussive part of a full mix almost intact (see the harness).
-        assert f1 >= 0.7, f"{cls} onset F1 {f1:.2f}"
+        assert f1 >= floor, f"{cls} onset F1 {f1:.2f}"
 
 
 def test_demucs_stems_keep_the_input_length_and_rate(service: Service, tmp_path: Path) -> None:

@@ -97,7 +97,8 @@ def test_whole_flow_keeps_every_file_in_the_bucket_and_delete_removes_them(
 
     folder = f"{PREFIX}jobs/{job_id}/"
     objects = s3.objects(folder)
-    assert set(objects) == {folder + "upload", folder + "work/beats.json", folder + "work/notes_mix.json"} | {
+    work = {"work/beats.json", "work/notes_mix.json", "work/separated.json"}
+    assert set(objects) == {folder + "upload"} | {folder + name for name in work} | {
         f"{folder}results/{name}" for name in RESULTS
     }
     assert objects[folder + "upload"]["Size"] == song.stat().st_size

@@ -26,6 +26,17 @@ def test_config_validates_and_imports_the_builder(name: str) -> None:
     assert {d.name for d in app.deployments} == {"Ingress", "JobTracker", "Separation", "Transcription"}
 
 
+def test_serve_can_call_the_builder_with_the_yaml_args(tmp_path: Path) -> None:
+    # Serve's own call: it refuses a builder that takes anything but one dictionary.
+    from ray.serve import Application
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
+    from serve_app.app import build_app
+
+    args = {"auth_required": False, "data_dir": str(tmp_path)}
+    assert isinstance(call_user_app_builder_with_args_if_necessary(build_app, args), Application)
+
+
 def test_gpu_deployments_ask_for_half_a_gpu_and_autoscale() -> None:
     (app,) = _load("serve_config.yaml").applications
     for deployment in app.deployments:
