@@ -23,8 +23,9 @@ held out whole, so benchmarks.real scores the shipped weights on recordings they
 threshold is never chosen on a song it is scored on (they come from the five songs' held-back quarters
 and the kits'). Training on all thirteen (`--real-songs all`) would need the cross-validation below for
 honest numbers: `--folds` trains one model per benchmarks.folds.FOLDS group without its songs (into
-<cache>/folds/ and benchmarks.folds' manifest, for benchmarks.real --folds). On this machine a model takes
-about an hour of two cores, which is why the shipped weights are the held-out kind, not the fold kind.
+<cache>/folds/ and benchmarks.folds' manifest, for benchmarks.real --folds). The shipped weights took about
+10 minutes of a quiet 2-core machine (6 building the material, 4 training); the held-out kind needs one
+model where the fold kind needs one per fold, and its numbers need no folds.
 
 The network: music.engines.drum_net.DrumNet with a bidirectional GRU (`--rnn`), seven outputs (kick,
 snare, closed and open hi-hat, and toms, crashes and rides, which the service does not report but the
