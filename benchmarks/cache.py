@@ -32,7 +32,8 @@ from typing import Any
 import soundfile
 
 from benchmarks.local_service import local_service
-from benchmarks.report import DEFAULT_OUT, git_commit, machine
+from benchmarks.provenance import git_commit, machine
+from benchmarks.report import DEFAULT_OUT
 from music.engines.demucs_models import DEFAULT_TEST_MODEL, write_random_htdemucs
 from serve_app.domain import audio
 from stemscribe_client import Client

@@ -52,7 +52,8 @@ import httpx
 import sqlalchemy as sa
 
 from benchmarks.local_service import APP_NAME, fresh_postgres_database, kill_replica, local_service, replica_actors
-from benchmarks.speed import _percentile, machine
+from benchmarks.provenance import machine
+from benchmarks.speed import _percentile
 from serve_app.domain.storage import JobKeys
 from serve_app.settings import Settings
 

@@ -46,7 +46,8 @@ import numpy as np
 from benchmarks import scoring
 from benchmarks.corpus import CORPUS_VERSION, EFFECTS, GENRES, SOUNDFONTS, Render, build_all
 from benchmarks.evalset import DEFAULT_CACHE
-from benchmarks.report import DEFAULT_OUT, git_commit, machine
+from benchmarks.provenance import git_commit, machine
+from benchmarks.report import DEFAULT_OUT
 from benchmarks.tune_presets import DEFAULTS, ModelOutputs, Params, _distance, current_preset, notes_for
 from music.cleaning import clean
 from music.notes import Note

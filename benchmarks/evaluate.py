@@ -39,25 +39,35 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from benchmarks.evalset import DEFAULT_CACHE, EVALSET_VERSION, build, cache_folder, describe, select
+from benchmarks.provenance import header
 from benchmarks.report import (
     DEFAULT_OUT,
     aggregate,
-    git_commit,
-    machine,
     markdown,
     quality_bars,
     score_piece,
     vs_baseline,
+    vs_librosa,
     write_report,
 )
-from benchmarks.systems import BASELINE, ORACLE, SERVICE, Baseline, Oracle, ServiceClient, Transcript, capabilities
+from benchmarks.systems import (
+    BASELINE,
+    LIBROSA,
+    ORACLE,
+    SERVICE,
+    Baseline,
+    LibrosaBeats,
+    Oracle,
+    ServiceClient,
+    Transcript,
+    capabilities,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +92,7 @@ class Options:
     out: Path = DEFAULT_OUT
     cache: Path = DEFAULT_CACHE
     baseline: bool = True
+    librosa: bool = True
     oracle: bool = True
     demucs_model: str = "htdemucs"
     demucs_model_dir: Path | None = None
@@ -149,19 +160,21 @@ def run_evaluation(options: Options) -> dict[str, Any]:
         baseline = Baseline()
         transcripts[BASELINE] = {p.spec.name: baseline.run(p) for p in pieces}
         logger.info("baseline done (%.1f s)", sum(t.seconds for t in transcripts[BASELINE].values()))
+    if options.librosa:
+        tracker = LibrosaBeats()
+        transcripts[LIBROSA] = {p.spec.name: tracker.run(p) for p in pieces}
+        logger.info("librosa done (%.1f s)", sum(t.seconds for t in transcripts[LIBROSA].values()))
     if options.oracle:
         requested = {k: float(v) for k, v in options.form.items() if k in NOTE_FIELDS}
         oracle = Oracle(requested)
         transcripts[ORACLE] = {p.spec.name: oracle.run(p) for p in pieces}
         logger.info("oracle done (%.1f s)", sum(t.seconds for t in transcripts[ORACLE].values()))
 
-    order = [BASELINE, *[f"{SERVICE}/{s}" for s in options.separations], ORACLE]
+    order = [BASELINE, LIBROSA, *[f"{SERVICE}/{s}" for s in options.separations], ORACLE]
     names = [n for n in order if n in transcripts]
     report: dict[str, Any] = {
         "header": {
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": machine(),
-            "commit": git_commit(),
+            **header(),
             "evalset": f"{EVALSET_VERSION} ({cache_folder(options.cache).name})",
             "subset": options.subset,
             "pieces": len(pieces),
@@ -193,6 +206,7 @@ def run_evaluation(options: Options) -> dict[str, Any]:
             by_split[piece.spec.split].append(score)
         report["systems"][name] = {split: aggregate(scores) for split, scores in by_split.items()}
     report["vs_baseline"] = vs_baseline(report)
+    report["vs_librosa"] = vs_librosa(report)
     report["quality_bars"] = quality_bars(report)
     report["header"]["wall_seconds"] = round(time.monotonic() - started, 1)
     return report
@@ -218,6 +232,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where renders are kept")
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--no-librosa", action="store_true", help="skip librosa's beat tracker (the tempo baseline)")
     parser.add_argument("--no-oracle", action="store_true")
     parser.add_argument("--demucs-model", default="htdemucs", help="with a local service and demucs")
     parser.add_argument("--demucs-model-dir", type=Path, help="folder with the model's weights (offline)")
@@ -232,6 +247,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         out=args.out,
         cache=args.cache,
         baseline=not args.no_baseline,
+        librosa=not args.no_librosa,
         oracle=not args.no_oracle,
         demucs_model=args.demucs_model,
         demucs_model_dir=args.demucs_model_dir,

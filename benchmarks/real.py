@@ -55,13 +55,12 @@ import numpy as np
 from benchmarks import scoring
 from benchmarks.provenance import command, header, header_line, write_results
 from benchmarks.real_dev import DRUM_CLASSES, RealItem, load, real_dev_folder
-from benchmarks.systems import DRUMS, EstNote, ServiceClient, Transcript
+from benchmarks.systems import DRUMS, LIBROSA, EstNote, ServiceClient, Transcript, librosa_beats
 
 logger = logging.getLogger(__name__)
 
 SEPARATIONS = ("none", "hpss")
 BASIC_PITCH = "basic-pitch"
-LIBROSA = "librosa"
 STEM = "stem"
 HIHAT = scoring.HIHAT
 # Item families, in table order: what each one is (the prefix of its id).
@@ -88,19 +87,6 @@ def basic_pitch_notes(audio: Path) -> Transcript:
         _, _, events = predict(str(audio), model_or_model_path=Model(bundled_onnx_model()))
     notes = [EstNote(float(s), float(e), int(p), int(round(127 * a))) for s, e, p, a, _ in events]
     return Transcript(notes={"mix": notes}, seconds=time.monotonic() - started)
-
-
-def librosa_beats(audio: Path) -> Transcript:
-    """librosa's beat tracker as its documentation shows it: load, beat_track, frames to times."""
-    import librosa
-
-    started = time.monotonic()
-    y, sr = librosa.load(str(audio))
-    tempo, frames = librosa.beat.beat_track(y=y, sr=sr)
-    beats = librosa.frames_to_time(frames, sr=sr)
-    return Transcript(
-        tempo_bpm=float(np.atleast_1d(tempo)[0]), beats=[float(b) for b in beats], seconds=time.monotonic() - started
-    )
 
 
 class StemDrums:

@@ -4,12 +4,7 @@ tables, the machine and commit of a run, and writing evaluation.md and evaluatio
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import platform
-import shutil
-import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,7 +12,7 @@ from typing import Any
 
 from benchmarks import scoring
 from benchmarks.evalset import GroundTruth
-from benchmarks.systems import BASELINE, DRUMS, ORACLE, SERVICE, Capabilities, Transcript
+from benchmarks.systems import BASELINE, DRUMS, LIBROSA, ORACLE, SERVICE, Capabilities, Transcript
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "benchmarks" / "results"
@@ -43,8 +38,8 @@ def score_piece(truth: GroundTruth, transcript: Transcript, caps: Capabilities) 
         "error": transcript.error,
         "job_id": transcript.job_id,
         "n_est_pitched": len(pitched),
-        "notes": _prf(scoring.note_prf(reference, pitched)),
-        "notes_offsets": _prf(scoring.note_prf(reference, pitched, with_offsets=True)),
+        "notes": _prf(scoring.note_prf(reference, pitched)) if caps.notes else None,
+        "notes_offsets": _prf(scoring.note_prf(reference, pitched, with_offsets=True)) if caps.notes else None,
         "stems": None,
         "tempo": None,
         "beat_f1": None,
@@ -67,6 +62,7 @@ def score_piece(truth: GroundTruth, transcript: Transcript, caps: Capabilities) 
             "error": scoring.tempo_error(truth.tempo_bpm, transcript.tempo_bpm),
         }
         result["beat_f1"] = scoring.beat_f1(truth.beats, transcript.beats)
+    if caps.tempo and caps.bars:
         result["downbeat_f1"] = scoring.beat_f1(truth.downbeats, transcript.downbeats)
         result["meter"] = {
             "ref": truth.time_signature,
@@ -221,6 +217,33 @@ def vs_baseline(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def vs_librosa(report: dict[str, Any]) -> list[str]:
+    """Tempo and beats against librosa's tracker (it has no downbeats or meter)."""
+    systems = report["systems"]
+    if LIBROSA not in systems:
+        return []
+    base = systems[LIBROSA]["all"]
+    lines = []
+    for key in ("tempo_acc", "tempo_acc_strict", "beat_f1"):
+        metric = METRIC[key]
+        parts = [
+            f"{name} {_compare(systems[name]['all'][key], base[key])} it "
+            f"({_fmt(systems[name]['all'][key], metric.percent)} vs {_fmt(base[key], metric.percent)})"
+            for name in systems
+            if name.startswith(f"{SERVICE}/") and systems[name]["all"][key] is not None and base[key] is not None
+        ]
+        if parts:
+            lines.append(f"{metric.label}: " + "; ".join(parts))
+    for name in (n for n in systems if n.startswith(f"{SERVICE}/")):
+        below = []
+        for piece, row in report["pieces"].items():
+            b, v = row["systems"].get(LIBROSA, {}).get("beat_f1"), row["systems"].get(name, {}).get("beat_f1")
+            if b is not None and v is not None and _compare(v, b) == "is below":
+                below.append(f"{piece} ({v:.3f} vs {b:.3f})")
+        lines.append(f"beat F1 per piece, {name}: below librosa on {len(below)}" + (f": {', '.join(below)}" if below else ""))
+    return lines
+
+
 def quality_bars(report: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's bars, reported (never enforced): pass/fail with the numbers, or skipped if not run."""
     systems = report["systems"]
@@ -256,32 +279,6 @@ def quality_bars(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 # --- the report ----------------------------------------------------------------------------------------
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    gpu = "no GPU"
-    if shutil.which("nvidia-smi"):
-        found = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False)
-        if found.returncode == 0 and found.stdout.strip():
-            gpu = "; ".join(found.stdout.strip().splitlines())
-    return f"{cpu}, {os.cpu_count()} cores, {gpu}"
-
-
-def git_commit() -> str:
-    try:
-        def git(*args: str) -> str:
-            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-
-        head, dirty = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + (" (with uncommitted changes)" if dirty else "")
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -324,6 +321,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines += _table(["system", "split", "pieces", *[METRIC[k].label for k in SPLIT_METRICS]], rows)
     lines += ["", "## Against the baseline (basic-pitch on the same audio)", ""]
     lines += [f"- {line}" for line in report["vs_baseline"]] or ["- no baseline or no service run"]
+    lines += ["", "## Against librosa's beat tracker (tempo and beats; it has no downbeats or meter)", ""]
+    lines += [f"- {line}" for line in report.get("vs_librosa", [])] or ["- librosa not run"]
     lines += ["", "## Quality bars (reported, not enforced)", ""]
     rows = [[b["bar"], b["system"], b["shown"], {True: "pass", False: "FAIL", None: "n/a"}[b["passed"]]]
             for b in report["quality_bars"]]  # fmt: skip

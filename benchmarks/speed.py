@@ -44,6 +44,7 @@ import yaml
 
 from benchmarks.local_service import free_port, processes_naming, wait_until_ready
 from benchmarks.pieces import ensemble
+from benchmarks.provenance import machine
 from benchmarks.render import render
 from music.engines.demucs_models import write_random_htdemucs
 
@@ -184,18 +185,6 @@ def _percentile(values: list[float], q: float) -> float:
     low = int(position)
     high = min(low + 1, len(values) - 1)
     return values[low] + (values[high] - values[low]) * (position - low)
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{cpu}, {len(os.sched_getaffinity(0))} cores, {memory:.0f} GiB, no GPU"
 
 
 def report_markdown(report: dict[str, Any]) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 from benchmarks.evalset import ROLE_STEM, RenderedPiece
 
 BASELINE = "baseline"
+LIBROSA = "librosa"  # librosa's beat tracker: the baseline for tempo and beats
 ORACLE = "oracle"
 SERVICE = "service"
 DRUMS = "drums"
@@ -51,10 +52,12 @@ class Transcript:
 class Capabilities:
     """What a system claims to produce; a metric it does not claim is n/a, one it claims is scored."""
 
-    tempo: bool  # tempo, beats, downbeats and meter
+    tempo: bool  # tempo and beats
     key: bool
     drums: bool
     per_stem: bool  # its stems are the Demucs ones (vocals, bass, other), so per-stem F1 means something
+    notes: bool = True  # pitched notes
+    bars: bool = True  # downbeats and meter (with tempo)
 
 
 def capabilities(system: str) -> Capabilities:
@@ -62,6 +65,8 @@ def capabilities(system: str) -> Capabilities:
         return Capabilities(tempo=True, key=False, drums=False, per_stem=False)
     if system == ORACLE:
         return Capabilities(tempo=False, key=False, drums=True, per_stem=True)
+    if system == LIBROSA:  # beats and a tempo; no downbeats, no meter, no notes
+        return Capabilities(tempo=True, key=False, drums=False, per_stem=False, notes=False, bars=False)
     separation = system.removeprefix(f"{SERVICE}/")
     return Capabilities(tempo=True, key=True, drums=separation != "none", per_stem=separation == "demucs")
 
@@ -112,6 +117,26 @@ class Baseline:
             notes={"mix": notes}, tempo_bpm=120.0, beats=beats, downbeats=beats[::4], time_signature="4/4",
             seconds=time.monotonic() - started,
         )  # fmt: skip
+
+
+def librosa_beats(audio: Path) -> Transcript:
+    """librosa's beat tracker as its documentation shows it: load, beat_track, frames to times."""
+    import librosa
+
+    started = time.monotonic()
+    y, sr = librosa.load(str(audio))
+    tempo, frames = librosa.beat.beat_track(y=y, sr=sr)
+    beats = librosa.frames_to_time(frames, sr=sr)
+    return Transcript(
+        tempo_bpm=float(np.atleast_1d(tempo)[0]), beats=[float(b) for b in beats], seconds=time.monotonic() - started
+    )
+
+
+class LibrosaBeats:
+    """librosa's tracker on a rendered piece's mix."""
+
+    def run(self, piece: RenderedPiece) -> Transcript:
+        return librosa_beats(piece.mix)
 
 
 class Oracle:

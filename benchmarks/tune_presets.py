@@ -38,7 +38,8 @@ import numpy as np
 
 from benchmarks import scoring
 from benchmarks.evalset import DEFAULT_CACHE, ROLE_STEM, RenderedPiece, TruthNote, build, select
-from benchmarks.report import DEFAULT_OUT, git_commit, machine
+from benchmarks.provenance import git_commit, machine
+from benchmarks.report import DEFAULT_OUT
 from music.cleaning import clean
 from music.notes import Note
 from music.presets import NO_CLEANING, CleaningRules, MidiOptions, preset_for

@@ -16,7 +16,7 @@ from tests.integration.conftest import Service, deploy, undeploy
 
 pytestmark = pytest.mark.integration
 
-SYSTEMS = ("baseline", "service/none", "service/hpss", "oracle")
+SYSTEMS = ("baseline", "librosa", "service/none", "service/hpss", "oracle")
 # The CI subset is three short pieces (~170 reference notes): one or two notes more or less move a
 # piece's F1 by about 0.01, and basic-pitch's ONNX output differs in the last digits between CPUs.
 # A service that transcribes the mix as well as basic-pitch alone stays within 0.02 of it; one that
@@ -53,6 +53,7 @@ def test_the_tables_are_written_with_every_system(evaluation) -> None:
         assert f"| {system} |" in markdown, f"no row for {system}"
     assert tuple(written["systems"]) == SYSTEMS
     assert "## Against the baseline" in markdown and "note F1:" in markdown
+    assert "## Against librosa's beat tracker" in markdown and "beat F1:" in markdown
     assert "## Quality bars" in markdown
     assert written["header"]["commit"] and written["header"]["machine"]
 
@@ -64,6 +65,10 @@ def test_every_piece_got_scored_by_every_system(evaluation) -> None:
         assert set(row["systems"]) == set(SYSTEMS), piece
         for system, score in row["systems"].items():
             assert score["error"] is None, f"{system} on {piece}: {score['error']}"
+            if system == "librosa":  # beats and tempo only: no notes, downbeats or meter to score
+                assert score["notes"] is None and score["downbeat_f1"] is None and score["meter"] is None
+                assert score["beat_f1"] is not None and score["tempo"]["est"] > 0
+                continue
             assert score["notes"] is not None and score["notes"]["n_est"] > 0, f"{system} found no notes in {piece}"
 
 
