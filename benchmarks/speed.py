@@ -35,7 +35,6 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,7 @@ import yaml
 
 from benchmarks.local_service import free_port, processes_naming, wait_until_ready
 from benchmarks.pieces import ensemble
-from benchmarks.provenance import machine
+from benchmarks.provenance import header
 from benchmarks.render import render
 from music.engines.demucs_models import write_random_htdemucs
 
@@ -191,7 +190,7 @@ def report_markdown(report: dict[str, Any]) -> str:
     hand, service = report["by_hand"], report["service"]
     stages = service["stages_s"]
     lines = [
-        f"{report['audio_seconds']:g} s piece, {report['machine']}, {report['date']}, "
+        f"{report['audio_seconds']:g} s piece, {report['machine']}, {report['date']}, commit {report.get('commit', '?')}, "
         f"model {report['model']} ({report['model_note']})",
         "",
         "| | separation | transcription | whole job | ratio to by hand | real-time factor |",
@@ -275,8 +274,7 @@ def main() -> None:
         peaks = {k: max(v, peaks.get(k, 0.0)) for k, v in _replica_peaks().items()}
 
     report = {
-        "date": datetime.now(UTC).date().isoformat(),
-        "machine": machine(),
+        **header(),
         "python": platform.python_version(),
         "audio_seconds": args.seconds,
         "model": args.model,
