@@ -4,7 +4,7 @@ Why a network next to the NMFD transcriber (drums.py): fixed templates describe 
 measured on, and inside a band mix through HPSS the drums stem also carries the attacks of bass,
 guitar and keys. A frame-wise classifier learns from many kits and mixes what a kick, a snare, a closed
 and an open hat look like under that bleed (the approach of Vogl et al. 2017 and of the ADTOF models,
-shrunk to a couple of hundred thousand weights so it runs in about half a second per minute of audio on
+shrunk to a couple of hundred thousand weights so it runs in well under a second per minute of audio on
 one CPU core: benchmarks.real_drums measures it).
 
 Front end: the same 64-band mel magnitude spectrogram as the NMFD transcriber (22.05 kHz, hop 256,
