@@ -1,10 +1,12 @@
 """Load and chaos: short jobs from two API keys over real HTTP while Serve replicas are killed at random.
 
-    python -m benchmarks.chaos                               # 200 jobs, kills every 20-30 s for 5 minutes
+    python -m benchmarks.chaos          # 200 jobs of 10 s clips, kills every 20-30 s for 5 minutes, shipped settings
+    python -m benchmarks.chaos --fast   # the quick variant: 3 s clips, small model, 6 s leases (writes chaos_fast)
     python -m benchmarks.chaos --jobs 40 --minutes 2 --kill-every 10-15
 
 It starts its own Ray cluster and the application (a fresh PostgreSQL database, local storage in a temp
-folder, authentication on with two seeded keys, a small random-weight HTDemucs), then, at the same time:
+folder, authentication on with two seeded keys, a random-weight HTDemucs of the pretrained `htdemucs`
+architecture), then, at the same time:
 
 - submits the jobs at a steady rate over the run (alternating keys; a mix of `separation=none`, `hpss`
   and `demucs`, so every deployment works), each with its own `Idempotency-Key`, and polls their status;
@@ -26,13 +28,15 @@ What the client counts as expected, and retries (with the same Idempotency-Key f
 - a connection error: retried, counted.
 Every other 5xx is unexpected; so is any 500 from the application itself.
 
-`tests/integration/test_chaos.py` drives `run_chaos` on the test session's cluster with fewer jobs.
+By default the service runs with its shipped settings (job lease, retry backoff, concurrent jobs:
+serve_app/settings.py); `--fast` and the single flags change them, and the report states every setting
+and which of them differ from the shipped ones. `tests/integration/test_chaos.py` drives `run_chaos` on
+the test session's cluster with fewer jobs and the fast settings.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import random
 import statistics
@@ -44,7 +48,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,14 +56,12 @@ import httpx
 import sqlalchemy as sa
 
 from benchmarks.local_service import APP_NAME, fresh_postgres_database, kill_replica, local_service, replica_actors
-from benchmarks.provenance import machine
+from benchmarks.provenance import header, header_line, write_results
 from benchmarks.speed import _percentile
 from serve_app.domain.storage import JobKeys
 from serve_app.settings import Settings
 
 logger = logging.getLogger("benchmarks.chaos")
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 FINAL = {"succeeded", "failed", "canceled"}
 KEYS = ("ssk_chaos-key-one-0123456789abcdef", "ssk_chaos-key-two-0123456789abcdef")
 # What the kills pick from: every deployment of the application.
@@ -424,12 +426,26 @@ def summarize(
     }
 
 
+def _settings_lines(settings: dict[str, Any] | None) -> list[str]:
+    if not settings:
+        return []
+    changed = settings["changed_from_shipped"]
+    return [
+        f"Service settings: lease {settings['lease_seconds']:g} s, retry backoff {settings['retry_backoff_seconds']:g} s, "
+        f"{settings['max_concurrent_jobs']} jobs at once ("
+        + ("the shipped defaults" if not changed else "changed from the shipped: " + ", ".join(changed)) + "); "
+        f"uploads of {settings['clip_seconds']:g} s; Demucs: {settings['demucs']}.",
+        "",
+    ]
+
+
 def report_markdown(report: dict[str, Any]) -> str:
     plan, lat = report["plan"], report["latency_under_load"]
     lo, hi = plan["kill_every"]
     lines = [
-        f"{report.get('date', '')}, {report.get('machine', '')}",
+        header_line(report) if "command" in report else "",
         "",
+        *_settings_lines(report.get("settings")),
         f"{plan['jobs']} jobs from two API keys ({', '.join(f'{k} {v}' for k, v in report['jobs_by_separation'].items())}), "
         f"submitted evenly over {plan['seconds']:g} s while one random replica was killed every {lo:g}-{hi:g} s; "
         f"all finished {report['total_seconds']:g} s after the start.",
@@ -479,20 +495,37 @@ def report_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def service_settings(database_url: str, data_dir: Path, model_dir: Path, model: str, jobs: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ServiceKnobs:
+    """The settings a chaos run may change from the shipped ones (the defaults here are the shipped ones)."""
+
+    lease_seconds: float = Settings.model_fields["lease_seconds"].default
+    retry_backoff_seconds: float = Settings.model_fields["retry_backoff_seconds"].default
+    max_concurrent_jobs: int = Settings.model_fields["max_concurrent_jobs"].default
+
+    def changed(self) -> dict[str, Any]:
+        shipped = ServiceKnobs()
+        return {k: v for k, v in asdict(self).items() if v != getattr(shipped, k)}
+
+
+# What the tests and `--fast` use: a killed runner's jobs are taken up again within seconds, not 30.
+FAST = ServiceKnobs(lease_seconds=6, retry_backoff_seconds=1, max_concurrent_jobs=2)
+
+
+def service_settings(
+    database_url: str, data_dir: Path, model_dir: Path, model: str, jobs: int, knobs: ServiceKnobs = FAST
+) -> dict[str, Any]:
     """The application's settings for a chaos run (the test uses the same)."""
     return {
         "auth_required": True, "api_keys": ",".join(KEYS), "database_url": database_url,
         "data_dir": str(data_dir), "demucs_model": model, "demucs_model_dir": str(model_dir),
-        "max_concurrent_jobs": 2,
-        # Short leases: a killed runner's jobs are taken up again within seconds, not the default 30.
-        "lease_seconds": 6, "retry_backoff_seconds": 1,
+        **asdict(knobs),
         # The load is the point, not the per-key limits (tested in test_security.py): room for every job.
         "max_active_jobs_per_key": jobs, "max_uploads_per_minute": max(30, jobs), "max_queue_depth": jobs + 10,
     }  # fmt: skip
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from benchmarks.pieces import melody
     from benchmarks.render import render
     from music.engines.demucs_models import DEFAULT_TEST_MODEL, write_random_htdemucs
@@ -503,29 +536,47 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--minutes", type=float, default=5.0, help="how long the kills go on")
     parser.add_argument("--kill-every", default="20-30", help="seconds between kills, LOW-HIGH")
-    parser.add_argument("--clip-seconds", type=float, default=3.0, help="length of each upload")
+    parser.add_argument("--fast", action="store_true",
+                        help="3 s clips, the small test model, lease 6 s, backoff 1 s, 2 jobs at once")  # fmt: skip
+    parser.add_argument("--clip-seconds", type=float, help="length of each upload (10; --fast: 3)")
+    parser.add_argument("--small-model", action="store_true", help="a small random HTDemucs instead of the full size")
+    parser.add_argument("--lease-seconds", type=float)
+    parser.add_argument("--retry-backoff-seconds", type=float)
+    parser.add_argument("--max-concurrent-jobs", type=int)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-cpus", type=int, help="logical CPUs for Ray; default cores + 2")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     low, high = (float(x) for x in args.kill_every.split("-"))
     plan = ChaosPlan(jobs=args.jobs, seconds=60 * args.minutes, kill_every=(low, high), seed=args.seed)
+    base = FAST if args.fast else ServiceKnobs()
+    knobs = ServiceKnobs(
+        lease_seconds=base.lease_seconds if args.lease_seconds is None else args.lease_seconds,
+        retry_backoff_seconds=base.retry_backoff_seconds if args.retry_backoff_seconds is None else args.retry_backoff_seconds,
+        max_concurrent_jobs=base.max_concurrent_jobs if args.max_concurrent_jobs is None else args.max_concurrent_jobs,
+    )
+    clip_seconds = args.clip_seconds or (3.0 if args.fast else 10.0)
+    small = args.small_model or args.fast
+    name = "chaos_fast" if args.fast else "chaos"
 
     work = Path(tempfile.mkdtemp(prefix="stemscribe-chaos-"))
     model_dir, data_dir = work / "models", work / "data"
-    write_random_htdemucs(model_dir)
-    clip = render(melody(seconds=args.clip_seconds), work / "clip.wav")
+    model = DEFAULT_TEST_MODEL if small else "htdemucs"
+    write_random_htdemucs(model_dir, model, full_size=not small)
+    clip = render(melody(seconds=clip_seconds), work / "clip.wav")
     logger.info("work folder %s", work)
     with fresh_postgres_database() as database_url:
-        settings = service_settings(database_url, data_dir, model_dir, DEFAULT_TEST_MODEL, plan.jobs)
+        settings = service_settings(database_url, data_dir, model_dir, model, plan.jobs, knobs)
         with local_service(settings, num_cpus=args.num_cpus) as url:
             wait_ready(url)
             report = run_chaos(url, KEYS, clip, plan, settings)
-    report = {"date": datetime.now(UTC).isoformat(timespec="minutes"), "machine": machine(), **report}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "chaos.json").write_text(json.dumps(report, indent=2))
-    markdown = report_markdown(report)
-    (RESULTS / "chaos.md").write_text(markdown)
-    logger.info("\n%s", markdown)
+    run_settings = {
+        **asdict(knobs), "changed_from_shipped": knobs.changed(), "clip_seconds": clip_seconds,
+        "demucs": "small random-weight HTDemucs" if small else "random-weight htdemucs (pretrained architecture, full size)",
+    }  # fmt: skip
+    report = {**header(settings=run_settings), **report}
+    write_results(name, report, report_markdown(report))
+    logger.info("\n%s", report_markdown(report))
+    return report
 
 
 def wait_ready(url: str, timeout: float = 180.0) -> None:
