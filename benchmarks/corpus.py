@@ -9,10 +9,11 @@ Mozart, Chopin, Clara Schumann, C. P. E. Bach, Verdi), vocal music (Monteverdi m
 piano, a hymn) and folk melodies (Essen, O'Neill, Aird, Ryan's Mammoth). Each excerpt is 15-25 s of the
 score from its first note, up to five parts, every part on a General MIDI program, at a fixed tempo.
 
-Every piece is rendered with each soundfont in SOUNDFONTS (Debian packages fluid-soundfont-gm,
-timgm6mb-soundfont, csound-soundfont) and one effect chain per soundfont (EFFECTS, with sox): dry, a
-room reverb, or a reverb plus a mastering-style compressor; the chains rotate so that every piece has
-every chain once and every soundfont has all three.
+Every piece is rendered with each sound source in SOUNDFONTS (Debian packages fluid-soundfont-gm,
+timgm6mb-soundfont, csound-soundfont with FluidSynth; freepats' GUS patches with TiMidity++, programs
+freepats lacks played by stand-ins) and one effect chain per source (EFFECTS, with sox): dry, a room
+reverb, or a reverb plus a mastering-style compressor; the chains rotate so that every piece has every
+chain at least once and every source has all three.
 
 Renders are cached under `<cache>/corpus-<CORPUS_VERSION>-<soundfont>/<piece>/` (mix.wav and truth.json,
 the truth read back from the MIDI file that was rendered); composed pieces get their effect chains as
@@ -38,6 +39,7 @@ import pretty_midi
 
 from benchmarks import evalset
 from benchmarks.evalset import DEFAULT_CACHE, TruthNote
+from benchmarks.render import render
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +47,17 @@ CORPUS_VERSION = "c1"
 FIRST_NOTE = 0.5  # seconds of silence before the first note
 TAIL = 1.5
 
-# name -> path. Debian: fluid-soundfont-gm, timgm6mb-soundfont, csound-soundfont.
+# name -> path. Debian: fluid-soundfont-gm, timgm6mb-soundfont, csound-soundfont, freepats (GUS patches,
+# rendered with TiMidity++: benchmarks/render.py).
 SOUNDFONTS: dict[str, Path] = {
     "fluidr3": Path("/usr/share/sounds/sf2/FluidR3_GM.sf2"),
     "timgm6mb": Path("/usr/share/sounds/sf2/TimGM6mb.sf2"),
     "csound": Path("/usr/share/sounds/sf2/sf_GMbank.sf2"),
+    "freepats": Path("/etc/timidity/freepats.cfg"),
 }
+# The same sources by their names in benchmarks/sound_sources.py, which knows what is inside each.
+SOURCE_NAMES: dict[str, str] = {"fluidr3": "FluidR3_GM", "timgm6mb": "TimGM6mb", "csound": "sf_GMbank",
+                                "freepats": "freepats"}  # fmt: skip
 # sox effect chains, applied to FluidSynth's render (which has FluidSynth's own light reverb already).
 # No pre-delay and no compander look-ahead: the direct sound keeps the MIDI file's timing.
 EFFECTS: dict[str, list[str]] = {
@@ -131,6 +138,15 @@ def select(subset: str = "full", genres: Sequence[str] | None = None) -> list[Co
     if subset not in ("full", "ci"):
         raise ValueError(f"unknown subset {subset!r}; use 'full' or 'ci'")
     return [p for p in PIECES if (subset == "full" or p.subset) and (genres is None or p.genre in genres)]
+
+
+def programs(subset: str = "full", genres: Sequence[str] = GENRES) -> set[int]:
+    """The melodic General MIDI programs the set's parts ask for (before a patch set's stand-ins)."""
+    wanted = {program for spec in select(subset, [g for g in genres if g != "band"]) for _, program in spec.parts}
+    if "band" in genres:
+        wanted |= {part.program for spec in evalset.select(subset) if spec.pitched for part in spec.parts
+                   if part.role != "drums"}  # fmt: skip
+    return wanted
 
 
 # --- scores to MIDI ----------------------------------------------------------------------------------
@@ -221,7 +237,7 @@ def truth_notes(midi_file: Path) -> list[TruthNote]:
 
 
 def effect_for(piece_index: int, font_index: int) -> str:
-    """The chains rotate over soundfonts: each piece gets each chain once."""
+    """The chains rotate over sources: each piece gets every chain at least once."""
     names = list(EFFECTS)
     return names[(piece_index + font_index) % len(names)]
 
@@ -275,8 +291,14 @@ def render_corpus_piece(spec: CorpusSpec, font: str, effect: str, cache: Path = 
         started = time.monotonic()
         folder.mkdir(parents=True, exist_ok=True)
         mid, raw = folder / "mix.mid", folder / "raw.wav"
-        excerpt(spec).write(str(mid))
-        fluidsynth(mid, raw, SOUNDFONTS[font])
+        midi = excerpt(spec)
+        midi.write(str(mid))
+        if SOUNDFONTS[font].suffix == ".cfg":
+            # TiMidity++, with stand-ins for the programs the patch set lacks (benchmarks/render.py).
+            render(midi, raw, sound_font=SOUNDFONTS[font])
+            raw.with_suffix(".mid").unlink()
+        else:
+            fluidsynth(mid, raw, SOUNDFONTS[font])
         apply_effect(raw, mix, effect)
         raw.unlink()
         notes = truth_notes(mid)

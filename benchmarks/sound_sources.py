@@ -16,10 +16,12 @@ instruments, their zones' key ranges and samples) are short to read with `struct
 
 from __future__ import annotations
 
+import hashlib
 import re
 import struct
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -128,16 +130,27 @@ def installed_sources() -> list[SoundSource]:
 
 @dataclass(frozen=True)
 class Contents:
-    """Normalised sample names per melodic program (0..127) and per drum class."""
+    """Normalised sample names per melodic program (0..127) and per drum class; for an uncompressed
+    SoundFont also the recorded data behind each name (SHA-1 of its PCM), because generic names
+    ("clavinet c4") recur in fonts whose recordings differ."""
 
     programs: dict[int, frozenset[str]]
     drums: dict[str, frozenset[str]]
+    data: dict[str, frozenset[str]] = field(default_factory=dict)
+
+
+def same_samples(a: Contents, b: Contents, names: frozenset[str]) -> int:
+    """How many of the names both hold are the same samples: a name counts unless both sources have its
+    data and no recording behind it is shared (TimGM6mb and csound's bank share data; FluidR3 and
+    TimGM6mb share only names such as "recorder c6")."""
+    return sum(1 for n in names if not (n in a.data and n in b.data and a.data[n].isdisjoint(b.data[n])))
 
 
 def _norm(name: str) -> str:
     return re.sub(r"\s+", " ", name.strip().lower())
 
 
+@lru_cache(maxsize=64)
 def contents(src: SoundSource) -> Contents:
     if src.kind == "sf2":
         return _sf2_contents(src.path, src.drums_only)
@@ -208,6 +221,7 @@ def _sf2_contents(path: Path, drums_only: bool = False) -> Contents:
     igen = _records(data, p["igen"], "<HH")
     shdr = _records(data, p["shdr"], "<20sIIIIIBbHH")
     sample_names = [_norm(r[0].split(b"\0")[0].decode("latin-1")) for r in shdr]
+    data_of = _sample_data(data, top, shdr, sample_names)
     programs: dict[int, set[str]] = defaultdict(set)
     drums: dict[str, set[str]] = defaultdict(set)
     # A drum-kit file (the AVL kits) keeps its kit at bank 0, program 0; a GM bank at bank 128.
@@ -229,7 +243,32 @@ def _sf2_contents(path: Path, drums_only: bool = False) -> Contents:
                             drums[cls].add(sample_names[sample])
                 elif bank == 0 and not drums_only:
                     programs[program].add(sample_names[sample])
-    return Contents({k: frozenset(v) for k, v in programs.items()}, {k: frozenset(v) for k, v in drums.items()})
+    return Contents(
+        {k: frozenset(v) for k, v in programs.items()}, {k: frozenset(v) for k, v in drums.items()}, data_of
+    )
+
+
+VORBIS = 0x10  # sampleType bit of an Ogg-compressed sample (.sf3): its bytes say nothing about the recording
+
+
+def _sample_data(
+    data: bytes, top: dict[str, tuple[int, int]], shdr: list[tuple], names: list[str]
+) -> dict[str, frozenset[str]]:
+    """name -> SHA-1s of the 16-bit PCM of the samples of that name (uncompressed samples only)."""
+    if "sdta" not in top:
+        return {}
+    sdta_at, sdta_size = top["sdta"]
+    smpl = _chunks(data, sdta_at, sdta_at + sdta_size).get("smpl")
+    if smpl is None:
+        return {}
+    found: dict[str, set[str]] = defaultdict(set)
+    for record, name in zip(shdr[:-1], names):  # the last record is the terminal "EOS"
+        start, end, sample_type = record[1], record[2], record[9]
+        if sample_type & VORBIS or end <= start:
+            continue
+        pcm = data[smpl[0] + 2 * start : smpl[0] + 2 * end]
+        found[name].add(hashlib.sha1(pcm).hexdigest())
+    return {k: frozenset(v) for k, v in found.items()}
 
 
 def gus_patches(cfg: Path) -> tuple[dict[int, Path], dict[int, Path]]:

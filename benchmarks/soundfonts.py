@@ -29,7 +29,7 @@ import itertools
 import json
 import logging
 import sys
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -48,6 +48,7 @@ from benchmarks.sound_sources import (
     declared_related,
     gm_family,
     installed_sources,
+    same_samples,
     source,
 )
 
@@ -228,13 +229,15 @@ def compare(a: str, b: str, cache: Path = DEFAULT_CACHE, scopes: tuple[Scope, ..
     pa = probes(a, "melodic", cache) if "melodic" in scopes else Probes({}, {})
     pb = probes(b, "melodic", cache) if "melodic" in scopes else Probes({}, {})
     for program in sorted(set(pa.melodic) & set(pb.melodic)):
-        names = len(ca.programs.get(program, frozenset()) & cb.programs.get(program, frozenset())) if same_kind else 0
+        both = ca.programs.get(program, frozenset()) & cb.programs.get(program, frozenset())
+        names = same_samples(ca, cb, both) if same_kind else 0
         out.append(Shared("melodic", str(program), names, round(likeness(pa.melodic[program], pb.melodic[program]), 4)))
     pa = probes(a, "drums", cache) if "drums" in scopes else Probes({}, {})
     pb = probes(b, "drums", cache) if "drums" in scopes else Probes({}, {})
     for cls in PROBE_KEYS:
         if cls in pa.drums and cls in pb.drums:
-            names = len(ca.drums.get(cls, frozenset()) & cb.drums.get(cls, frozenset())) if same_kind else 0
+            both = ca.drums.get(cls, frozenset()) & cb.drums.get(cls, frozenset())
+            names = same_samples(ca, cb, both) if same_kind else 0
             best = max(likeness(x, y) for x in pa.drums[cls] for y in pb.drums[cls])
             out.append(Shared("drums", cls, names, round(best, 4)))
     return out
@@ -257,20 +260,35 @@ def shared(a: str, b: str, scope: Scope, cache: Path = DEFAULT_CACHE) -> tuple[S
     return _shared(*sorted((a, b)), scope, cache)  # type: ignore[arg-type]
 
 
+# The melodic programs that count: all (None), these (a collection), or per source (source name -> the
+# programs that source really plays, e.g. a GUS set's stand-ins instead of the programs it lacks).
+Programs = Collection[int] | Mapping[str, Collection[int]] | None
+
+
+def among_played(rows: Iterable[Shared], a: str, b: str, programs: Programs) -> tuple[Shared, ...]:
+    """`rows` without the melodic programs that `a` and `b` do not both play."""
+    rows = tuple(rows)
+    if programs is None:
+        return rows
+    if isinstance(programs, Mapping):
+        keep = set(programs.get(a, ())) & set(programs.get(b, ()))
+    else:
+        keep = set(programs)
+    return tuple(r for r in rows if r.scope != "melodic" or int(r.what) in keep)
+
+
 def assert_disjoint(
     used: Iterable[str], held_out: Iterable[str], scope: Scope, cache: Path = DEFAULT_CACHE,
-    programs: Collection[int] | None = None,
+    programs: Programs = None,
 ) -> None:
     """Refuse (SharedSamples) if any held-out source shares samples in `scope` with a used one; with
-    `programs`, only those melodic programs count (the ones the held-out material actually plays)."""
+    `programs`, only the melodic programs both sides play count."""
     problems = []
     for h, u in itertools.product(sorted(set(held_out)), sorted(set(used))):
         if h == u:
             problems.append(f"{h} is used and held out at once")
             continue
-        found = shared(h, u, scope, cache)
-        if programs is not None:
-            found = tuple(r for r in found if r.scope != "melodic" or int(r.what) in programs)
+        found = among_played(shared(h, u, scope, cache), h, u, programs)
         if found:
             what = ", ".join(f"{r.what} ({r.names} names, likeness {r.sound:.2f})" for r in found[:6])
             problems.append(f"{h} shares {len(found)} {scope} sounds with {u}: {what}{' ...' if len(found) > 6 else ''}")
@@ -278,8 +296,11 @@ def assert_disjoint(
         raise SharedSamples("held-out sources are not disjoint from the ones used: " + "; ".join(problems))
 
 
-def families(names: Sequence[str], scope: Scope, cache: Path = DEFAULT_CACHE) -> list[list[str]]:
-    """Sources joined by shared samples in `scope` (connected components), each sorted."""
+def families(
+    names: Sequence[str], scope: Scope, cache: Path = DEFAULT_CACHE, programs: Programs = None
+) -> list[list[str]]:
+    """Sources joined by shared samples in `scope` (connected components), each sorted; with `programs`,
+    only the melodic programs both of a pair play count."""
     parent = {n: n for n in names}
 
     def root(n: str) -> str:
@@ -289,7 +310,7 @@ def families(names: Sequence[str], scope: Scope, cache: Path = DEFAULT_CACHE) ->
         return n
 
     for a, b in itertools.combinations(names, 2):
-        if shared(a, b, scope, cache):
+        if among_played(shared(a, b, scope, cache), a, b, programs):
             parent[root(a)] = root(b)
     groups: dict[str, list[str]] = {}
     for n in names:

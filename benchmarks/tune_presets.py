@@ -24,13 +24,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import logging
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +36,7 @@ import numpy as np
 
 from benchmarks import scoring
 from benchmarks.evalset import DEFAULT_CACHE, ROLE_STEM, RenderedPiece, TruthNote, build, select
-from benchmarks.provenance import git_commit, machine
-from benchmarks.report import DEFAULT_OUT
+from benchmarks.provenance import RESULTS, header, header_line, write_results
 from music.cleaning import clean
 from music.notes import Note
 from music.presets import NO_CLEANING, CleaningRules, MidiOptions, preset_for
@@ -230,18 +227,15 @@ def _rules_label(rules: CleaningRules) -> str:
 def tune(pieces: Sequence[RenderedPiece]) -> dict[str, Any]:
     engine = ModelOutputs()
     report: dict[str, Any] = {
-        "header": {
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": machine(),
-            "commit": git_commit(),
-            "pieces": len(pieces),
-            "grid": {
+        "header": header(
+            pieces=len(pieces),
+            grid={
                 "onset_threshold": ONSET_THRESHOLDS, "frame_threshold": FRAME_THRESHOLDS,
                 "min_note_frames": MIN_NOTE_FRAMES,
                 "frequency_ranges": {r: [list(x) for x in v] for r, v in FREQUENCY_RANGES.items()},
                 "cleaning": [r.model_dump() for r in CLEANING_GRID],
             },
-        },
+        ),
         "roles": {},
     }  # fmt: skip
     started = time.monotonic()
@@ -302,7 +296,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# basic-pitch presets per stem",
         "",
-        f"{head['date']} · {head['machine']} · commit {head['commit']} · {head['seconds']} s",
+        header_line(head) + f" · {head['seconds']} s",
         "",
         "Chosen on the `tune` half by mean note F1 (onsets 50 ms, no offsets), reported on the held-out `test` half. "
         "vocals/bass/other: isolated instrument renders; mix: whole mixes.",
@@ -333,14 +327,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     pieces = build(select("full"), args.cache)
     report = tune(pieces)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "presets.json").write_text(json.dumps(report, indent=1))
     text = markdown(report)
-    (args.out / "presets.md").write_text(text)
+    write_results("presets", report, text, args.out)
     sys.stdout.write(text)
 
 

@@ -86,3 +86,41 @@ def test_every_renderer_keeps_the_midi_timing(tmp_path: Path, name: str) -> None
     level = np.abs(samples).max(axis=1)
     first = int(np.argmax(level > 0.05 * level.max())) / rate
     assert 0.49 <= first <= 0.52, first
+
+
+def test_the_cross_validations_sources_fall_into_three_sample_families(cache: Path) -> None:
+    """csound's bank is inside TimGM6mb; FluidR3 and freepats share nothing with either or with each
+    other on the programs the evaluation set plays (freepats' stand-ins included)."""
+    from benchmarks.corpus import SOUNDFONTS, SOURCE_NAMES, programs
+    from benchmarks.crossval import sample_families
+
+    _need(*SOURCE_NAMES.values())
+    groups, evidence = sample_families(list(SOUNDFONTS), programs("full"), cache)
+    assert groups == [["fluidr3"], ["timgm6mb", "csound"], ["freepats"]]
+    assert len(evidence["shared_within"]["TimGM6mb ~ sf_GMbank"]) >= 5
+    assert not any(evidence["shared_across"].values())
+
+
+def test_a_gus_render_plays_the_programs_its_set_lacks_with_stand_ins(tmp_path: Path) -> None:
+    """freepats has no fiddle (110) or viola (41); TiMidity would play them with FluidR3's samples (Debian's
+    timidity.cfg is read first), so render() plays freepats' violin instead, and the MIDI file beside the
+    render says so."""
+    import pretty_midi
+
+    from benchmarks.render import render, stand_in
+    from benchmarks.sound_sources import gus_patches
+
+    _need("freepats")
+    cfg = source("freepats").path
+    available = set(gus_patches(cfg)[0])
+    assert {110, 41} - available == {110, 41} and 40 in available
+    assert stand_in(110, available) == 40 and stand_in(41, available) == 40 and stand_in(40, available) == 40
+    midi = pretty_midi.PrettyMIDI()
+    for program in (110, 41, 0):
+        inst = pretty_midi.Instrument(program=program)
+        inst.notes.append(pretty_midi.Note(100, 67, 0.5, 1.0))
+        midi.instruments.append(inst)
+    wav = render(midi, tmp_path / "fiddle.wav", 22050, cfg)
+    played = pretty_midi.PrettyMIDI(str(wav.with_suffix(".mid")))
+    assert [i.program for i in played.instruments] == [40, 40, 0]
+    assert wav.stat().st_size > 22050
