@@ -109,3 +109,18 @@ def test_the_ci_subset_has_one_real_score_per_genre() -> None:
     from benchmarks.corpus import select
 
     assert sorted(p.genre for p in select("ci")) == sorted(g for g in GENRES if g != "band")
+
+
+def test_the_shipped_whole_mix_preset_is_the_one_the_committed_cross_validation_chose() -> None:
+    """music/presets.py and benchmarks/results/crossval.json must not drift apart: a preset changed by hand
+    (or a rerun that chose another) shows here until both agree."""
+    import json
+
+    from benchmarks.provenance import RESULTS
+    from benchmarks.tune_presets import current_preset
+    from music.presets import CleaningRules, preset_for
+
+    chosen = json.loads((RESULTS / "crossval.json").read_text())["preset"]
+    for stem in ("mix", "harmonic"):
+        assert current_preset(stem).as_json() == chosen["params"], stem
+        assert preset_for(stem).cleaning == CleaningRules(**chosen["cleaning"]), stem
