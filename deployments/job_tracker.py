@@ -1,5 +1,6 @@
 """The job tracker: the `JobTracker` deployment of the application, one replica. It takes jobs from
-the database (the queue), runs at most N at once through the pipeline, and is the one place where a
+the database (the queue), runs at most N at once through the pipeline (of which at most M need Demucs,
+so a job that needs none never waits in the queue behind separations), and is the one place where a
 job's state changes:
 
     submit            -> queued (a new row)
@@ -43,7 +44,7 @@ from serve_app.domain.errors import (
     unwrap,
 )
 from serve_app.domain.job_files import LeaseLost
-from serve_app.domain.jobs import JobOptions, JobStatus, Stage, advance, overall_progress
+from serve_app.domain.jobs import JobOptions, JobStatus, SeparationMode, Stage, advance, overall_progress
 from serve_app.domain.outbox import Outbox
 from serve_app.domain.pipeline import JobPipeline, SeparationHandle, TranscriptionHandle
 from serve_app.domain.storage import JobKeys, storage_from_settings
@@ -204,6 +205,7 @@ class JobTracker:
             state, error = "ready", None
         return {
             "state": state, "error": error, "slots": self.settings.max_concurrent_jobs, "running": len(self._tasks),
+            "separation_slots": self.settings.max_concurrent_separations, "separating": self._separating(),
         }  # fmt: skip
 
     def healthy(self) -> bool:
@@ -320,11 +322,24 @@ class JobTracker:
             return False
         return True
 
+    def _separating(self) -> int:
+        """Running attempts (in slots) whose job needs Demucs."""
+        return sum(
+            1 for job_id, attempt in self._attempts.items()
+            if job_id not in self._express and attempt.options.separation == SeparationMode.DEMUCS
+        )  # fmt: skip
+
     async def _claim(self) -> None:
         free = self.settings.max_concurrent_jobs - (len(self._tasks) - len(self._express))
         if free <= 0 or self._stopping:
             return
-        rows = await asyncio.to_thread(self.repo.claimable, utcnow(), free + len(self._tasks))
+        # Demucs jobs take at most max_concurrent_separations of the slots: one Separation replica runs one
+        # song at a time, so more would only hold slots while they wait for it. The rest of the queue may
+        # go past a Demucs job that waits for its pool, so look at all of it (at most max_queue_depth
+        # queued, plus leases that ran out).
+        separations = self.settings.max_concurrent_separations - self._separating()
+        limit = free + len(self._tasks) + self.settings.max_queue_depth
+        rows = await asyncio.to_thread(self.repo.claimable, utcnow(), limit)
         if not [row for row in rows if row.id not in self._tasks] or not await self._pipeline_available():
             return
         for row in rows:
@@ -341,14 +356,18 @@ class JobTracker:
                 metrics.job_failed("internal", row.options)
                 logger.warning("job %s: %s", row.id, message)
                 continue
+            options = JobOptions.model_validate(row.options)
+            needs_demucs = options.separation == SeparationMode.DEMUCS
+            if needs_demucs and separations <= 0:
+                continue  # stays queued, first in line for the next separation slot
             if not await asyncio.to_thread(
                 self.repo.claim, row.id, row.attempts, self.owner, self.settings.lease_seconds
             ):
                 continue  # another tracker took it
-            options = JobOptions.model_validate(row.options)
             self._start(_Attempt(self, row.id, options, row.attempts + 1, row.stems, row.progress,
                                  stage_seconds=dict(row.stage_seconds or {})))  # fmt: skip
             free -= 1
+            separations -= needs_demucs
 
     def _start(self, attempt: _Attempt, express: bool = False) -> None:
         self._attempts[attempt.job_id] = attempt

@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     max_duration_seconds: float = Field(default=20 * 60, gt=0)
     max_decoded_bytes: int = Field(default=1_000_000_000, gt=0, description="float32 samples one upload may decode to")
     max_concurrent_jobs: int = Field(default=3, ge=1)
+    max_concurrent_separations: int = Field(
+        default=2, ge=1,
+        description="Of the concurrent jobs, how many may need Demucs (separation=demucs); the other slots stay "
+        "free for jobs that do not, so they never queue behind a separation. Two: the shipped Separation "
+        "deployment runs up to two replicas, one song each",
+    )  # fmt: skip
     # How long the pipeline waits for a model that is still loading before it fails the job.
     model_wait_seconds: float = Field(default=600, gt=0)
     health_timeout_seconds: float = Field(default=5, gt=0)

@@ -124,6 +124,56 @@ async def _true(value: bool) -> bool:
     return value
 
 
+class _SlowDemucs(_Separation):
+    """Demucs jobs separate until `release` is set; every other mode at once."""
+
+    def __init__(self, storage: LocalStorage) -> None:
+        super().__init__(storage, block=False)
+        self.release = asyncio.Event()
+        self.separating: list[str] = []
+        quick = self.prepare_stems.fn
+
+        async def prepare_stems(job_id: str, mode: str, attempt: int) -> list[str]:
+            if mode == "demucs":
+                self.separating.append(job_id)
+                await self.release.wait()
+            return await quick(job_id, mode, attempt)
+
+        self.prepare_stems = _Method(prepare_stems)
+
+
+def test_jobs_that_need_no_demucs_go_past_demucs_jobs_waiting_for_a_separation_slot(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Three slots, one of them for Demucs: of three Demucs jobs queued first, one separates and two wait in
+    the queue; a `separation=none` job submitted after them takes a free slot and finishes meanwhile."""
+    settings = Settings(
+        data_dir=tmp_path, database_url=database_url, max_concurrent_jobs=3, max_concurrent_separations=1,
+        auth_required=False,
+    )  # fmt: skip
+    storage = LocalStorage(settings.storage_dir)  # type: ignore[arg-type]
+    repo = JobRepository(settings.database_url.get_secret_value())
+    none = _job() | {"options": JobOptions.model_validate({"separation": "none"}).model_dump(mode="json")}
+
+    async def scenario() -> None:
+        separation = _SlowDemucs(storage)
+        tracker = JobTracker(settings, separation, _Transcription(storage))
+        await tracker.start()
+        await _until(lambda: _state(tracker, "ready"))
+        demucs = [await tracker.submit(_job()) for _ in range(3)]
+        await _until(lambda: _true(separation.separating == demucs[:1]))
+        quick = await tracker.submit(none)
+        await _until(lambda: _true(repo.get(quick).status == "succeeded"))  # type: ignore[union-attr]
+        assert [repo.get(j).status for j in demucs] == ["running", "queued", "queued"]  # type: ignore[union-attr]
+        status = await tracker.status()
+        assert (status["separation_slots"], status["separating"]) == (1, 1)
+        separation.release.set()
+        await _until(lambda: _true(all(repo.get(j).status == "succeeded" for j in demucs)))  # type: ignore[union-attr]
+        await tracker.stop()
+
+    asyncio.run(scenario())
+
+
 def test_the_tracker_starts_without_its_database_and_says_why(tmp_path: Path) -> None:
     url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nothing"
     settings = Settings(data_dir=tmp_path, database_url=url, auth_required=False)
