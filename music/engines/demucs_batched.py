@@ -178,6 +178,7 @@ class _Pass:
     source: TensorChunk
     trim: int  # samples dropped from the start of the pass' output (the shift)
     remaining: int = 0  # segments not yet accumulated
+    written: int = 0  # out[..., :written] holds accumulated samples; the rest is uninitialised
     out: torch.Tensor | None = None
     sum_weight: torch.Tensor | None = None
 
@@ -313,6 +314,9 @@ def _combine(passes: list[_Pass], shifts: int) -> torch.Tensor:
     if not shifts:
         assert passes[0].out is not None
         return passes[0].out
+    if shifts == 1:  # x / 1 is x: the trimmed view needs neither a copy nor a division
+        assert passes[0].out is not None
+        return passes[0].out[..., passes[0].trim :]
     total: torch.Tensor | None = None
     for one in passes:
         assert one.out is not None
@@ -388,7 +392,8 @@ class _Runner:
     def _forward(
         self, model: nn.Module, batch: Sequence[_Segment], size: int, weight: torch.Tensor
     ) -> list[torch.Tensor]:
-        mix = torch.cat([item.chunk.padded(size) for item in batch]).to(self.device)
+        chunks = [item.chunk.padded(size) for item in batch]
+        mix = (chunks[0] if len(chunks) == 1 else torch.cat(chunks)).to(self.device)
         precision = (
             torch.autocast(self.device.type, dtype=self.autocast_dtype)
             if self.autocast_dtype is not None
@@ -455,16 +460,27 @@ def _transition_weight(segment_length: int, transition_power: float) -> torch.Te
 
 
 def _accumulate(one: _Pass, item: _Segment, scaled: torch.Tensor, weight: torch.Tensor) -> None:
+    """Add a weighted segment to its pass. Segments arrive in order of offset, each starting inside what
+    is already written (the stride is shorter than a segment): the overlap is added to, the rest copied
+    into memory never zeroed (x is 0 + x, so the sums equal apply_model's, without a pass over the song)."""
     if one.out is None:
         sources, channels = scaled.shape[1], scaled.shape[2]
-        one.out = torch.zeros(1, sources, channels, one.source.shape[-1])
-        one.sum_weight = torch.zeros(one.source.shape[-1])
+        one.out = torch.empty(1, sources, channels, one.source.shape[-1])
+        one.sum_weight = torch.empty(one.source.shape[-1])
     assert one.sum_weight is not None
-    one.out[..., item.offset : item.offset + item.length] += scaled
-    one.sum_weight[item.offset : item.offset + item.length] += weight[: item.length]
+    start, end = item.offset, item.offset + item.length
+    assert start <= one.written, "segments must arrive in order"
+    middle = min(max(one.written, start), end)
+    if middle > start:
+        one.out[..., start:middle] += scaled[..., : middle - start]
+        one.sum_weight[start:middle] += weight[: middle - start]
+    if end > middle:
+        one.out[..., middle:end] = scaled[..., middle - start :]
+        one.sum_weight[middle:end] = weight[middle - start : item.length]
+    one.written = max(one.written, end)
     one.remaining -= 1
     if one.remaining == 0:
-        assert one.sum_weight.min() > 0
+        assert one.written == one.out.shape[-1] and one.sum_weight.min() > 0
         one.out /= one.sum_weight
         one.sum_weight = None
 

@@ -170,16 +170,19 @@ class DemucsSeparator:
         progress: ProgressCallback | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> dict[str, np.ndarray]:
-        """Split `audio` into stems with the input's sample rate, channel count and length."""
+        """Split `audio` into stems with the input's sample rate, channel count and length (float32; where the
+        rate and channels are the model's, each stem is a view of one output buffer, not a copy)."""
         from demucs.audio import convert_audio
 
         model = self._model
         assert model is not None, "call load() first"
         channels, frames = audio.samples.shape
         wav = convert_audio(torch.from_numpy(audio.samples), audio.sample_rate, model.samplerate, model.audio_channels)
-        # Demucs' own normalisation (demucs.api.Separator.separate_tensor), so stems match its CLI's.
+        # Demucs' own normalisation (demucs.api.Separator.separate_tensor), so stems match its CLI's. In place
+        # where the tensor is ours: every pass over a whole song is host time the network does not get.
         ref = wav.mean(0)
         mean, std = ref.mean(), ref.std() + 1e-8
+        normalised = (wav - mean).div_(std)[None]
 
         def on_segment(done: int, total: int) -> None:
             # After every batch: a place to stop and to report.
@@ -192,17 +195,21 @@ class DemucsSeparator:
         # One separation at a time per model: a second would only compete for the same memory.
         with self._lock:
             out = apply_batched(
-                model, ((wav - mean) / std)[None], shifts=self.config.shifts, overlap=self.config.overlap,
+                model, normalised, shifts=self.config.shifts, overlap=self.config.overlap,
                 segment=self.config.segment, batch_size=self.batch_size, device=self.device,
                 autocast_dtype=self.autocast_dtype, on_segment=on_segment, stats=stats,
             )  # fmt: skip
             if stats.batch_size < self.batch_size:
                 logger.warning("keeping %d segments a batch after running out of memory", stats.batch_size)
                 self.batch_size = stats.batch_size
-        out = out * std + mean
+        del normalised
+        out = out.mul_(std).add_(mean)  # apply_batched's output is this call's own
         result: dict[str, np.ndarray] = {}
         for name, stem in zip(model.sources, out[0]):
             back = convert_audio(stem, model.samplerate, audio.sample_rate, channels).numpy()
+            if back.shape == (channels, frames) and back.dtype == np.float32:
+                result[name] = back  # same rate and channels: a view of the output, no copy
+                continue
             fitted = np.zeros((channels, frames), dtype=np.float32)
             n = min(frames, back.shape[1])
             fitted[:, :n] = back[:, :n]
