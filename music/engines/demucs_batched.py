@@ -61,7 +61,9 @@ _OTHER_BYTES_PER_SAMPLE = 2_000.0
 # once per time step (a 2.8 GB copy, 2.3 s instead of 22 ms). With batch 1 the view is contiguous.
 CPU_BATCH_SIZE = 1
 
-_OOM_MARKERS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
+# cuFFT's workspace (the spectrogram's FFT plans) is allocated outside PyTorch's allocator: "cuFFT error:
+# CUFFT_ALLOC_FAILED" is the card running out of memory too.
+_OOM_MARKERS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED", "CUFFT_ALLOC_FAILED")
 
 
 @dataclass

@@ -97,6 +97,7 @@ class DemucsSeparator:
         self.error: str | None = None
         self.load_seconds: float | None = None
         self.batch_size = config.cpu_batch_segments
+        self.full_batch_size = config.cpu_batch_segments  # what load() sized; a halved batch grows back to it
         self.autocast_dtype: torch.dtype | None = None
         self._model: torch.nn.Module | None = None
         self._ready = threading.Event()
@@ -130,6 +131,7 @@ class DemucsSeparator:
                 self.batch_size = batch_size_for_budget(
                     model, budget, segment=self.config.segment, autocast_dtype=self.autocast_dtype
                 )
+            self.full_batch_size = self.batch_size
             self._model = model
             self.load_seconds = time.monotonic() - started
             self.state = ModelState.READY
@@ -202,6 +204,11 @@ class DemucsSeparator:
             if stats.batch_size < self.batch_size:
                 logger.warning("keeping %d segments a batch after running out of memory", stats.batch_size)
                 self.batch_size = stats.batch_size
+            elif stats.out_of_memory_retries == 0 and self.batch_size < self.full_batch_size:
+                # A job went through at the smaller batch: the memory that ran out may have been another
+                # replica's for a moment. Try twice as many again, up to what load() sized.
+                self.batch_size = min(self.full_batch_size, 2 * self.batch_size)
+                logger.info("a job succeeded without running out of memory; %d segments a batch again", self.batch_size)
         del normalised
         out = out.mul_(std).add_(mean)  # apply_batched's output is this call's own
         result: dict[str, np.ndarray] = {}

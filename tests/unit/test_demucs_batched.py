@@ -190,6 +190,7 @@ def test_out_of_memory_at_batch_one_finishes_on_the_cpu(model: nn.Module) -> Non
         (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB"), True),
         (RuntimeError("CUDA error: out of memory"), True),
         (RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"), True),
+        (RuntimeError("cuFFT error: CUFFT_ALLOC_FAILED"), True),  # PyTorch's CuFFTUtils.h spelling
         (RuntimeError("Given groups=1, weight of size [48, 4, 8, 1], expected input ..."), False),
         (ValueError("out of memory"), False),
     ],

@@ -103,3 +103,34 @@ def test_a_segment_longer_than_the_transformer_was_trained_on_is_refused(model_d
     engine = DemucsSeparator(SeparationConfig(model=NAME, model_dir=model_dir, device="cpu", segment=60))
     engine.load()
     assert engine.state is ModelState.FAILED and "longer than the model allows" in (engine.error or "")
+
+
+def test_a_batch_halved_by_out_of_memory_grows_back_after_a_job_that_went_through(
+    model_dir: Path, clip: DecodedAudio
+) -> None:
+    """The first job runs out of memory above 2 segments a batch and finishes at 2; the card is free again
+    for the next job, which runs at 2 without an error, so the one after it tries 4 again."""
+    import types
+
+    engine = _engine(model_dir, cpu_batch_segments=4, autocast="none")
+    model = engine._model
+    assert model is not None
+    forward, first, tight = model.forward, next(model.parameters()), [True]
+    seen: list[int] = []
+
+    def failing(self: torch.nn.Module, mix: torch.Tensor) -> torch.Tensor:
+        if tight[0] and mix.shape[0] > 2 and next(self.parameters()) is first:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        seen.append(mix.shape[0])
+        return forward(mix)
+
+    model.forward = types.MethodType(failing, model)
+    engine.separate(clip)
+    assert engine.batch_size == 2 and max(seen) == 2
+    tight[0] = False
+    seen.clear()
+    engine.separate(clip)
+    assert max(seen) == 2 and engine.batch_size == 4
+    seen.clear()
+    engine.separate(clip)
+    assert max(seen) == 4 and engine.batch_size == 4
