@@ -7,6 +7,9 @@ On one rendered piece (piano, bass, strings, drums; FluidSynth) and one Demucs m
 
 1. By hand: `demucs -n NAME --repo DIR piece.wav`, then `basic-pitch OUT vocals.wav bass.wav other.wav`,
    each a process of its own (wall time and peak RSS of each).
+1b. The same work in one warm Python process (benchmarks/warm_baseline.py: `demucs.api.Separator` and
+   basic-pitch's `predict()`, models loaded once, one warm-up run each, fp32): the baseline without
+   start-up costs.
 2. The service as a laptop user starts it (`serve run configs/laptop.yaml`, on a free port), one job
    over HTTP with `separation=demucs`: wall time from upload to `succeeded`, the stage times the
    service recorded, the real-time factor, and the peak RSS of every Serve replica.
@@ -15,7 +18,8 @@ On one rendered piece (piano, bass, strings, drums; FluidSynth) and one Demucs m
 
 Without --model-dir it writes a random-weight HTDemucs of the pretrained `htdemucs` architecture
 (41.5 M parameters), which costs what the trained model costs (its stems are noise; the timing is
-not). Results go to benchmarks/results/speed.{md,json}.
+not). `--autocast none` runs the service's Demucs in fp32 (as on a CPU without bf16 instructions; the
+baselines are fp32 always), `--name` names the results: benchmarks/results/<name>.{md,json} (speed).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from benchmarks.pieces import ensemble
 from benchmarks.provenance import header
 from benchmarks.render import render
 from music.engines.demucs_models import write_random_htdemucs
+from music.engines.separator import cpu_has_native_bf16
 
 logger = logging.getLogger("benchmarks.speed")
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,6 +97,18 @@ def by_hand(piece: Path, model: str, model_dir: Path, work: Path) -> dict[str, A
     }
 
 
+def warm_in_process(piece: Path, model: str, model_dir: Path, work: Path) -> dict[str, Any]:
+    """The by-hand work in one warm Python process of its own (benchmarks/warm_baseline.py)."""
+    cmd = [sys.executable, "-m", "benchmarks.warm_baseline", str(piece), "--model", model, "--model-dir", str(model_dir),
+           "--out", str(work / "warm")]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT, timeout=3600)
+    with open(work / "warm.log", "a") as log:
+        log.write(done.stdout + done.stderr)
+    if done.returncode != 0:
+        raise RuntimeError(f"the warm baseline failed (exit {done.returncode}); see {work / 'warm.log'}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def _replica_peaks() -> dict[str, float]:
     """Peak RSS (VmHWM) of every Serve replica process, by deployment, read from /proc."""
     peaks: dict[str, float] = {}
@@ -110,11 +127,15 @@ def _replica_peaks() -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def laptop_service(work: Path, env: dict[str, str]) -> Iterator[str]:
-    """`serve run configs/laptop.yaml` as a laptop user runs it, on a free port; yields the URL."""
+def laptop_service(work: Path, env: dict[str, str], separation_config: dict[str, Any] | None = None) -> Iterator[str]:
+    """`serve run configs/laptop.yaml` as a laptop user runs it, on a free port; yields the URL. With
+    `separation_config`, that is the Separation deployment's `user_config`, as an operator would set it."""
     config = yaml.safe_load((ROOT / "configs" / "laptop.yaml").read_text())
     port = free_port()
     config["http_options"]["port"] = port
+    if separation_config is not None:
+        (entry,) = [d for d in config["applications"][0]["deployments"] if d["name"] == "Separation"]
+        entry["user_config"] = separation_config
     path = work / "laptop.yaml"
     path.write_text(yaml.safe_dump(config))
     log = open(work / "serve.log", "ab")
@@ -189,20 +210,33 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def report_markdown(report: dict[str, Any]) -> str:
-    hand, service = report["by_hand"], report["service"]
+    hand, service, warm = report["by_hand"], report["service"], report.get("warm_in_process")
     stages = service["stages_s"]
+    seconds = report["audio_seconds"]
+
+    def ratio(value: float | None) -> str:
+        return "-" if not value else f"{service['end_to_end_s'] / value:.2f}"
+
     lines = [
-        f"{report['audio_seconds']:g} s piece, {report['machine']}, {report['date']}, commit {report.get('commit', '?')}, "
-        f"model {report['model']} ({report['model_note']})",
+        f"{seconds:g} s piece, {report['machine']}, {report['date']}, commit {report.get('commit', '?')}, "
+        f"`{report.get('command', '?')}`, model {report['model']} ({report['model_note']}); Demucs autocast in the "
+        f"service: {report.get('service_autocast', '?')}, in both baselines: none (fp32)",
         "",
-        "| | separation | transcription | whole job | ratio to by hand | real-time factor |",
+        "| | separation | transcription | whole job | service / this | real-time factor |",
         "|---|---|---|---|---|---|",
         f"| by hand: `demucs`, then `basic-pitch` on 3 stems | {hand['separation_s']} s | "
-        f"{hand['transcription_s']} s | {hand['total_s']} s | 1.00 | "
-        f"{hand['total_s'] / report['audio_seconds']:.2f} |",
+        f"{hand['transcription_s']} s | {hand['total_s']} s | **{ratio(hand['total_s'])}** | "
+        f"{hand['total_s'] / seconds:.2f} |",
+    ]
+    if warm:
+        lines.append(
+            f"| one warm Python process: `demucs.api.Separator`, then `predict()` on 3 stems | {warm['separation_s']} s | "
+            f"{warm['transcription_s']} s | {warm['total_s']} s | **{ratio(warm['total_s'])}** | {warm['total_s'] / seconds:.2f} |"
+        )
+    lines += [
         f"| stemscribe, `separation=demucs`, upload to `succeeded` | {stages.get('separating', '-')} s | "
-        f"{stages.get('transcribing', '-')} s | {service['end_to_end_s']} s | "
-        f"**{report['ratio_service_to_by_hand']:.2f}** | {service['end_to_end_s'] / report['audio_seconds']:.2f} |",
+        f"{stages.get('transcribing', '-')} s | {service['end_to_end_s']} s | 1.00 | "
+        f"{service['end_to_end_s'] / seconds:.2f} |",
         "",
         "Service stages: " + ", ".join(f"{k} {v} s" for k, v in stages.items()),
         "",
@@ -236,6 +270,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="*", default=[1, 2, 4], help="jobs at once")
     parser.add_argument("--concurrency-seconds", type=float, help="piece length for those runs; default --seconds")
     parser.add_argument("--skip-by-hand", action="store_true", help="only the service (the ratio is then missing)")
+    parser.add_argument("--skip-warm", action="store_true", help="leave the warm in-process baseline out")
+    parser.add_argument("--autocast", choices=("auto", "none", "bf16"), default="auto",
+                        help="the service's Demucs precision (auto: bf16 where the CPU has bf16 instructions)")  # fmt: skip
+    parser.add_argument("--name", default="speed", help="results file name in benchmarks/results")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="stemscribe-speed-"))
@@ -251,6 +289,12 @@ def main() -> None:
     if not args.skip_by_hand:
         hand = by_hand(piece, args.model, model_dir, work)
         logger.info("by hand: %s", hand)
+    warm = None if args.skip_warm else warm_in_process(piece, args.model, model_dir, work)
+    logger.info("warm in-process: %s", warm)
+    separation_config = None
+    if args.autocast != "auto":
+        separation_config = {"model": args.model, "model_dir": str(model_dir), "device": "cpu", "autocast": args.autocast}
+    service_autocast = args.autocast if args.autocast != "auto" else ("bf16" if cpu_has_native_bf16() else "none")
 
     env = {
         "STEMSCRIBE_DATA_DIR": str(work / "data"),
@@ -262,7 +306,7 @@ def main() -> None:
     }
     rows: list[dict[str, Any]] = []
     concurrency_seconds = args.concurrency_seconds or args.seconds
-    with laptop_service(work, env) as url:
+    with laptop_service(work, env, separation_config) as url:
         with httpx.Client(base_url=url, timeout=600) as client:
             service = run_job(client, piece)
         logger.info("service: %s", service)
@@ -285,16 +329,19 @@ def main() -> None:
         "model": args.model,
         "model_note": model_note,
         "by_hand": hand,
+        "warm_in_process": warm,
         "service": service,
+        "service_autocast": service_autocast,
         "ratio_service_to_by_hand": service["end_to_end_s"] / hand["total_s"] if hand["total_s"] else float("nan"),
+        "ratio_service_to_warm": service["end_to_end_s"] / warm["total_s"] if warm else None,
         "replica_peak_rss_mb": peaks,
         "concurrency_audio_seconds": concurrency_seconds,
         "concurrency": rows,
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "speed.json").write_text(json.dumps(report, indent=2))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2))
     markdown = report_markdown(report)
-    (RESULTS / "speed.md").write_text(markdown)
+    (RESULTS / f"{args.name}.md").write_text(markdown)
     logger.info("\n%s", markdown)
 
 
