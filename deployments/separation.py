@@ -15,6 +15,7 @@ import ray
 
 from deployments import metrics
 from deployments.fingerprints import separation_fingerprint
+from deployments.numba_cache import publish_numba_cache
 from deployments.progress import CancelCheck, TrackerReporter
 from music.engines.beat_tracker import BeatTracker, BeatTrackerConfig
 from music.engines.hpss import hpss_stems
@@ -43,7 +44,12 @@ class Separation:
         self.engine: DemucsSeparator | None = None
         self.beat_tracker = BeatTracker()
         # librosa's first call compiles its numba code for seconds: pay that at start, beside the replica.
-        threading.Thread(target=self.beat_tracker.warm_up, name="beat-tracker-warm-up", daemon=True).start()
+        threading.Thread(target=self._warm_up_beats, name="beat-tracker-warm-up", daemon=True).start()
+
+    def _warm_up_beats(self) -> None:
+        self.beat_tracker.warm_up()
+        # What the warm-up compiled seeds the next replica's numba cache (deployments/numba_cache.py).
+        publish_numba_cache()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         config = _with_gpu_share(SeparationConfig.model_validate(user_config))
