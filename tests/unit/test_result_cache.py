@@ -258,7 +258,9 @@ def test_other_options_audio_or_models_compute(world: _World) -> None:
 
 def test_identical_jobs_at_once_compute_once_and_share_one_result(world: _World) -> None:
     async def scenario() -> None:
-        tracker = await world.tracker()
+        # All three Demucs jobs at once (the default pool of two would keep the third queued until the
+        # first is done, and it would then be a cache hit without waiting at all).
+        tracker = await world.tracker(max_concurrent_separations=3)
         world.models.hold.clear()  # the first separation takes until the others are waiting
         ids = [await tracker.submit(_job()) for _ in range(3)]
         await _until(lambda: len(world.models.separated) == 1 and all(world.row(j).status == "running" for j in ids))
