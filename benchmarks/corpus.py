@@ -40,6 +40,7 @@ import pretty_midi
 from benchmarks import evalset
 from benchmarks.evalset import DEFAULT_CACHE, TruthNote
 from benchmarks.render import render
+from benchmarks.sound_sources import SOURCES
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +56,9 @@ SOUNDFONTS: dict[str, Path] = {
     "csound": Path("/usr/share/sounds/sf2/sf_GMbank.sf2"),
     "freepats": Path("/etc/timidity/freepats.cfg"),
 }
-# The same sources by their names in benchmarks/sound_sources.py, which knows what is inside each.
-SOURCE_NAMES: dict[str, str] = {"fluidr3": "FluidR3_GM", "timgm6mb": "TimGM6mb", "csound": "sf_GMbank",
-                                "freepats": "freepats"}  # fmt: skip
+# The same sources by their names in benchmarks/sound_sources.py (matched by file), which knows what is
+# inside each.
+SOURCE_NAMES: dict[str, str] = {key: next(s.name for s in SOURCES if s.path == path) for key, path in SOUNDFONTS.items()}
 # sox effect chains, applied to FluidSynth's render (which has FluidSynth's own light reverb already).
 # No pre-delay and no compander look-ahead: the direct sound keeps the MIDI file's timing.
 EFFECTS: dict[str, list[str]] = {

@@ -334,11 +334,11 @@ class JobTracker:
         if free <= 0 or self._stopping:
             return
         # Demucs jobs take at most max_concurrent_separations of the slots: one Separation replica runs one
-        # song at a time, so more would only hold slots while they wait for it. The rest of the queue may
-        # go past a Demucs job that waits for its pool, so look at all of it (at most max_queue_depth
-        # queued, plus leases that ran out).
+        # song at a time, so more would only hold slots while they wait for it. Where the pool may fill
+        # this round, the rest of the queue may go past a Demucs job that waits for it, so look at all of
+        # the queue (at most max_queue_depth queued, plus leases that ran out).
         separations = self.settings.max_concurrent_separations - self._separating()
-        limit = free + len(self._tasks) + self.settings.max_queue_depth
+        limit = free + len(self._tasks) + (self.settings.max_queue_depth if separations < free else 0)
         rows = await asyncio.to_thread(self.repo.claimable, utcnow(), limit)
         if not [row for row in rows if row.id not in self._tasks] or not await self._pipeline_available():
             return
